@@ -1,0 +1,90 @@
+"""Sampling transforms shared by autoregressive and speculative decoding.
+
+Speculative sampling is exact for the *transformed* target distribution, so
+temperature, top-k and top-p must be applied identically to the target's p and
+the draft's q. Both decoders therefore go through `probabilities` (and
+`sample_from_probabilities`) here and nowhere else.
+
+Temperature 0 is greedy: the "distribution" is the one-hot of the argmax, which
+makes greedy speculative decoding the special case of Algorithm 1 in which
+a draft token is accepted exactly when it equals the target's argmax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+
+@struct.dataclass
+class SamplingConfig:
+  """Static sampling settings: `temperature` 0 means greedy; `top_k` 0 and `top_p` 1 mean off."""
+
+  temperature: float = struct.field(pytree_node=False, default=0.0)
+  top_k: int = struct.field(pytree_node=False, default=0)
+  top_p: float = struct.field(pytree_node=False, default=1.0)
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0.0
+
+
+def make_sampling_config(temperature: float = 0.0, top_k: int = 0,
+                         top_p: float = 1.0) -> SamplingConfig:
+  """Validates the settings at the Python boundary and returns a `SamplingConfig`."""
+  temperature, top_p = float(temperature), float(top_p)
+  if not temperature >= 0.0:
+    raise ValueError(f'temperature must be >= 0 (0 is greedy), got {temperature}')
+  if int(top_k) != top_k or top_k < 0:
+    raise ValueError(f'top_k must be a non-negative integer (0 disables it), got {top_k}')
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f'top_p must be in (0, 1] (1 disables it), got {top_p}')
+  return SamplingConfig(temperature=temperature, top_k=int(top_k), top_p=top_p)
+
+
+def transform_logits(logits: Array, config: SamplingConfig) -> Array:
+  """Applies temperature, then top-k, then top-p to `logits [..., vocab]`.
+
+  Tokens outside the kept set get -inf. Ties at the top-k threshold are all
+  kept, so the transform is a deterministic function of the logits alone.
+  """
+  logits = logits.astype(jnp.float32) / config.temperature
+  vocab = logits.shape[-1]
+  if 0 < config.top_k < vocab:
+    kth_largest = jax.lax.top_k(logits, config.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+  if config.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p: a token is kept when
+    # the mass strictly before it is still below top_p.
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    kept = mass_before < config.top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def probabilities(logits: Array, config: SamplingConfig) -> Array:
+  """The distribution decoding samples from, `[..., vocab]` float32.
+
+  Greedy decoding gives the one-hot of the argmax.
+  """
+  if config.greedy:
+    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+  return jax.nn.softmax(transform_logits(logits, config), axis=-1)
+
+
+def sample_from_probabilities(rng: Array, probs: Array) -> Array:
+  """Draws token ids `[...]` from `probs [..., vocab]` (which need not be normalised)."""
+  return jax.random.categorical(rng, jnp.log(probs), axis=-1).astype(jnp.int32)
+
+
+def sample(rng: Array, logits: Array, config: SamplingConfig) -> Array:
+  """Draws token ids `[...]` from `logits [..., vocab]` under `config`."""
+  if config.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return sample_from_probabilities(rng, probabilities(logits, config))

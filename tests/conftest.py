@@ -1,0 +1,41 @@
+"""Shared fixtures: small random T5 models in fp32 on CPU."""
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from specdec_t5x import network  # noqa: E402
+
+
+def init_params(config: network.T5Config, seed: int):
+  """Random parameters of `Transformer(config)`."""
+  x = jnp.ones((1, 4), jnp.int32)
+  return network.Transformer(config).init(jax.random.PRNGKey(seed), x, x, x,
+                                          enable_dropout=False)['params']
+
+
+def perturb(params, scale: float, seed: int):
+  """`params` plus Gaussian noise of relative size `scale`: a draft with 0 < α < 1."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  noisy = [x + scale * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+def random_inputs(batch: int, length: int, vocab: int, seed: int) -> np.ndarray:
+  """`[batch, length]` token ids in [2, vocab) with ragged right padding (0)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, vocab, (batch, length))
+  for row in range(batch):
+    tokens[row, rng.integers(1, length + 1):] = 0
+  return tokens.astype(np.int32)
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+  return network.config_from_preset('test_tiny')

@@ -1,0 +1,180 @@
+"""The decode cache: K positions per call, per-row positions, rewinds, all equal to a full pass."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init_params, random_inputs
+from flax import traverse_util
+
+from specdec_t5x import cache as cache_lib
+from specdec_t5x import network
+
+TOL = 1e-4
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def full_forward_logits(module, params, encoder_tokens, decoder_inputs):
+  """Teacher-forced logits `[B, T, V]` for decoder inputs `[B, T]` (BOS first).
+
+  T5X's full pass masks positions whose *target* is 0, so every real
+  position gets a non-zero stand-in target: the logits do not depend on it.
+  """
+  targets = jnp.ones_like(decoder_inputs)
+  return module.apply({'params': params}, encoder_tokens, decoder_inputs, targets,
+                      enable_dropout=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(module, params, encoder_tokens):
+  return module.apply({'params': params}, encoder_tokens, enable_dropout=False,
+                      method=module.encode)
+
+
+init_cache = jax.jit(cache_lib.init_decode_cache, static_argnums=(0, 4))
+
+
+def step_fn(module):
+  return jax.jit(lambda p, c, e, t, x: cache_lib.decode_step(module, p, c, e, t, x))
+
+
+@pytest.fixture(scope='module', params=['t5_1_1', 't5_1_0'])
+def model(request, tiny_config):
+  overrides = {}
+  if request.param == 't5_1_0':
+    overrides = dict(mlp_activations=('relu',), logits_via_embedding=True)
+  config = network.T5Config(**{**tiny_config.__dict__, **overrides})
+  module = network.Transformer(config)
+  return module, init_params(config, seed=0)
+
+
+def test_parameter_tree_has_t5x_names(model):
+  module, params = model
+  flat = set(traverse_util.flatten_dict(params, sep='/'))
+  expected = {
+      'token_embedder/embedding', 'encoder/relpos_bias/rel_embedding', 'encoder/encoder_norm/scale',
+      'encoder/layers_0/pre_attention_layer_norm/scale', 'encoder/layers_0/attention/query/kernel',
+      'encoder/layers_0/attention/out/kernel', 'encoder/layers_0/pre_mlp_layer_norm/scale',
+      'decoder/relpos_bias/rel_embedding', 'decoder/decoder_norm/scale',
+      'decoder/layers_1/pre_self_attention_layer_norm/scale',
+      'decoder/layers_1/self_attention/key/kernel',
+      'decoder/layers_1/pre_cross_attention_layer_norm/scale',
+      'decoder/layers_1/encoder_decoder_attention/value/kernel',
+      'decoder/layers_1/pre_mlp_layer_norm/scale'}
+  assert expected <= flat
+  if module.config.logits_via_embedding:
+    assert 'decoder/logits_dense/kernel' not in flat
+    assert 'decoder/layers_0/mlp/wi/kernel' in flat
+  else:
+    assert 'decoder/logits_dense/kernel' in flat
+    assert {'decoder/layers_0/mlp/wi_0/kernel', 'decoder/layers_0/mlp/wi_1/kernel'} <= flat
+  assert params['encoder']['relpos_bias']['rel_embedding'].shape == (module.config.num_heads, 32)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_k_positions_per_call_equal_full_pass(model, seed):
+  module, params = model
+  vocab = module.config.vocab_size
+  rng = np.random.default_rng(seed)
+  batch, length = 3, 17
+  encoder_tokens = random_inputs(batch, 9, vocab, seed)
+  decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32),
+                                   rng.integers(1, vocab, (batch, length - 1))], 1)
+  expected = full_forward_logits(module, params, encoder_tokens, decoder_inputs)
+
+  encoded = encode(module, params, encoder_tokens)
+  cache = init_cache(module, params, encoded, encoder_tokens, length + 8)
+  step = step_fn(module)
+  got, start = [], 0
+  while start < length:  # random split of the sequence into chunks of 1..8
+    k = min(int(rng.integers(1, 9)), length - start)
+    logits, cache = step(params, cache, encoded, encoder_tokens,
+                         decoder_inputs[:, start:start + k])
+    got.append(logits)
+    start += k
+  np.testing.assert_array_equal(cache_lib.decode_position(cache), [length] * batch)
+  np.testing.assert_allclose(np.concatenate(got, 1), expected, atol=TOL, rtol=0)
+
+
+def test_rows_at_different_positions(model):
+  module, params = model
+  vocab = module.config.vocab_size
+  rng = np.random.default_rng(7)
+  batch, length, k = 4, 12, 3
+  encoder_tokens = random_inputs(batch, 6, vocab, 7)
+  decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32),
+                                   rng.integers(1, vocab, (batch, length - 1))], 1)
+  expected = full_forward_logits(module, params, encoder_tokens, decoder_inputs)
+  encoded = encode(module, params, encoder_tokens)
+  cache = init_cache(module, params, encoded, encoder_tokens, length + k)
+  step = step_fn(module)
+  # Fill every row up to its own position, then score k positions from there in one call.
+  offsets = np.array([0, 2, 5, 9])
+  _, cache = step(params, cache, encoded, encoder_tokens, decoder_inputs[:, :9])
+  cache = cache_lib.rewind(cache, jnp.asarray(offsets))
+  window = np.stack([decoder_inputs[b, o:o + k] for b, o in enumerate(offsets)])
+  logits, cache = step(params, cache, encoded, encoder_tokens, window)
+  for b, o in enumerate(offsets):
+    np.testing.assert_allclose(logits[b], expected[b, o:o + k], atol=TOL, rtol=0)
+  np.testing.assert_array_equal(cache_lib.decode_position(cache), offsets + k)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_rewind_then_overwrite_equals_full_pass(model, seed):
+  """Write K, rewind each row by its own amount, write other tokens: stale entries never leak."""
+  module, params = model
+  vocab = module.config.vocab_size
+  rng = np.random.default_rng(seed)
+  batch, prefix, k = 4, 5, 6
+  encoder_tokens = random_inputs(batch, 8, vocab, seed)
+  first = np.concatenate([np.zeros((batch, 1), np.int32),
+                          rng.integers(1, vocab, (batch, prefix + k - 1))], 1)
+  encoded = encode(module, params, encoder_tokens)
+  cache = init_cache(module, params, encoded, encoder_tokens, prefix + 2 * k)
+  step = step_fn(module)
+  _, cache = step(params, cache, encoded, encoder_tokens, first)
+  keep = prefix + rng.integers(0, k, batch)  # rewind row b to keep[b] positions
+  cache = cache_lib.rewind(cache, jnp.asarray(keep))
+  replacement = rng.integers(1, vocab, (batch, k))
+  logits, _ = step(params, cache, encoded, encoder_tokens, replacement)
+  for b in range(batch):
+    final = np.concatenate([first[b, :keep[b]], replacement[b]])[None]
+    expected = full_forward_logits(module, params, encoder_tokens[b:b + 1], final)
+    np.testing.assert_allclose(logits[b], expected[0, keep[b]:], atol=TOL, rtol=0)
+
+
+def test_cross_attention_is_cached_once(model):
+  module, params = model
+  encoder_tokens = random_inputs(2, 5, module.config.vocab_size, 3)
+  encoded = encode(module, params, encoder_tokens)
+  cache = init_cache(module, params, encoded, encoder_tokens, 8)
+  cross = cache['decoder']['layers_0']['encoder_decoder_attention']
+  assert cross['cached_cross_key'].shape == (2, 5, module.config.num_heads,
+                                             module.config.head_dim)
+  # Later steps must not depend on the encoder output passed in: the cache is used.
+  tokens = np.array([[0, 3], [0, 4]])
+  with_real, _ = cache_lib.decode_step(module, params, cache, encoded, encoder_tokens, tokens)
+  with_zeros, _ = cache_lib.decode_step(module, params, cache, jnp.zeros_like(encoded),
+                                        encoder_tokens, tokens)
+  np.testing.assert_array_equal(with_real, with_zeros)
+
+
+def test_unknown_preset_is_a_clear_error():
+  with pytest.raises(ValueError, match='unknown T5 preset'):
+    network.config_from_preset('t5_1_1_huge')
+
+
+@pytest.mark.parametrize('name', ['t5_1_1_small', 't5_1_1_xxl', 'cpu_target', 'cpu_small'])
+def test_presets_have_real_sizes(name):
+  config = network.config_from_preset(name)
+  shapes = jax.eval_shape(
+      lambda: network.Transformer(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
+                                               jnp.ones((1, 2), jnp.int32),
+                                               jnp.ones((1, 2), jnp.int32),
+                                               enable_dropout=False))['params']
+  assert shapes['token_embedder']['embedding'].shape == (config.vocab_size, config.emb_dim)
+  if name == 't5_1_1_xxl':
+    assert shapes['decoder']['layers_23']['mlp']['wi_0']['kernel'].shape == (4096, 10240)
+    assert config.num_heads == 64
