@@ -21,6 +21,8 @@ EXTRAS = {
         "sentencepiece",
         "sacrebleu>=2",
         "rouge-score",
+        # TFDS imports it but declares it only for Python < 3.9 (tensorflow/datasets#11212).
+        "importlib_resources",
     ],
     # Sweeps and plots.
     "bench": ["matplotlib>=3.7", "scipy>=1.10"],

@@ -71,10 +71,11 @@ def _check_encoder_inputs(tokens: Any, vocab_size: int) -> Array:
   return jnp.asarray(array, jnp.int32)
 
 
-def _check_eos(eos_id: int, vocab_size: int) -> int:
+def _check_eos(eos_id: int, vocab_size: int) -> Array:
   if int(eos_id) != eos_id or not 0 <= eos_id < vocab_size:
     raise ValueError(f'eos_id must be a token id in [0, {vocab_size}), got {eos_id!r}')
-  return int(eos_id)
+  # Traced, not static: decoding with another EOS id needs no recompilation.
+  return jnp.int32(eos_id)
 
 
 def _default_rng(rng: Array | None) -> Array:
@@ -133,10 +134,10 @@ def autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens: 
                                 sampling=sampling, eos_id=_check_eos(eos_id, vocab_size))
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'max_decode_len', 'sampling', 'eos_id'))
+@functools.partial(jax.jit, static_argnames=('module', 'max_decode_len', 'sampling'))
 def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens: Array,
                            rng: Array, *, max_decode_len: int,
-                           sampling: sampling_lib.SamplingConfig, eos_id: int) -> DecodeOutput:
+                           sampling: sampling_lib.SamplingConfig, eos_id: Array) -> DecodeOutput:
   batch = encoder_input_tokens.shape[0]
   encoded = _encode(module, params, encoder_input_tokens)
   init = _AutoregressiveState(
@@ -259,11 +260,11 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
 
 
 @functools.partial(jax.jit, static_argnames=('target_module', 'gamma', 'max_decode_len',
-                                             'sampling', 'eos_id'))
+                                             'sampling'))
 def _speculative_decode(target_module: nn.Module, target_params: Any,
                         drafter: drafters_lib.Drafter, encoder_input_tokens: Array, rng: Array, *,
                         gamma: int, max_decode_len: int, sampling: sampling_lib.SamplingConfig,
-                        eos_id: int) -> SpeculativeOutput:
+                        eos_id: Array) -> SpeculativeOutput:
   batch = encoder_input_tokens.shape[0]
   vocab_size = target_module.config.vocab_size
   # A row at length T may still be scored (and ignored): T + γ + 1 positions.

@@ -9,7 +9,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from specdec_t5x import network  # noqa: E402
+from specdec_t5x import network, paths  # noqa: E402
+
+# Tests compile many small XLA programs; a persistent cache (outside git) makes reruns fast.
+jax.config.update('jax_compilation_cache_dir', str(paths.cache_dir('jax_compilation_cache')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def init_params(config: network.T5Config, seed: int):
@@ -23,7 +27,8 @@ def perturb(params, scale: float, seed: int):
   """`params` plus Gaussian noise of relative size `scale`: a draft with 0 < α < 1."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  noisy = [x + scale * jnp.std(x) * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  noisy = [x + scale * jnp.std(x) * jax.random.normal(k, x.shape)
+           for x, k in zip(leaves, keys, strict=True)]
   return jax.tree_util.tree_unflatten(treedef, noisy)
 
 

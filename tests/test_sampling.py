@@ -1,0 +1,59 @@
+"""The sampling transforms against a plain NumPy reference."""
+
+import jax
+import numpy as np
+import pytest
+
+from specdec_t5x import sampling
+
+
+def reference_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float):
+  """Temperature, then top-k (ties kept), then top-p (smallest prefix reaching top_p)."""
+  z = logits.astype(np.float64) / temperature
+  if 0 < top_k < len(z):
+    z = np.where(z < np.sort(z)[::-1][top_k - 1], -np.inf, z)
+  if top_p < 1.0:
+    order = np.argsort(-z, kind='stable')
+    probs = np.exp(z[order] - z[order][0])
+    probs /= probs.sum()
+    keep = np.cumsum(probs) - probs < top_p
+    z = np.where(z < z[order][keep].min(), -np.inf, z)
+  e = np.exp(z - z.max())
+  return e / e.sum()
+
+
+@pytest.mark.parametrize('temperature, top_k, top_p', [
+    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.5), (0.8, 5, 0.9), (1.0, 1, 1.0),
+    (1.0, 0, 0.01), (2.0, 10, 0.3)])
+def test_probabilities_match_reference(temperature, top_k, top_p):
+  logits = np.random.default_rng(0).normal(size=(6, 12)).astype(np.float32) * 2
+  config = sampling.make_sampling_config(temperature, top_k, top_p)
+  got = np.asarray(sampling.probabilities(logits, config))
+  for row, expected in zip(got, logits, strict=True):
+    np.testing.assert_allclose(row, reference_probs(expected, temperature, top_k, top_p),
+                               atol=1e-6)
+
+
+def test_greedy_is_one_hot_argmax():
+  logits = np.random.default_rng(1).normal(size=(3, 5, 9)).astype(np.float32)
+  config = sampling.make_sampling_config(0.0)
+  probs = np.asarray(sampling.probabilities(logits, config))
+  np.testing.assert_array_equal(probs.argmax(-1), logits.argmax(-1))
+  np.testing.assert_array_equal(probs.sum(-1), 1.0)
+  np.testing.assert_array_equal(sampling.sample(jax.random.PRNGKey(0), logits, config),
+                                logits.argmax(-1))
+
+
+def test_top_k_keeps_ties():
+  logits = np.array([[3.0, 1.0, 3.0, 0.0]], np.float32)
+  probs = sampling.probabilities(logits, sampling.make_sampling_config(1.0, top_k=1))
+  np.testing.assert_allclose(probs, [[0.5, 0.0, 0.5, 0.0]], atol=1e-7)
+
+
+def test_sample_follows_probabilities():
+  probs = np.array([0.1, 0.6, 0.0, 0.3], np.float32)
+  draws = sampling.sample_from_probabilities(jax.random.PRNGKey(3),
+                                             np.broadcast_to(probs, (20000, 4)))
+  counts = np.bincount(np.asarray(draws), minlength=4) / 20000
+  np.testing.assert_allclose(counts, probs, atol=0.015)
+  assert counts[2] == 0
