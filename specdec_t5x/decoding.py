@@ -66,8 +66,8 @@ def _check_encoder_inputs(tokens: Any, vocab_size: int) -> Array:
   if not np.issubdtype(array.dtype, np.integer):
     raise ValueError(f'encoder_input_tokens must hold integer token ids, got dtype {array.dtype}')
   if array.min() < 0 or array.max() >= vocab_size:
-    raise ValueError(f'encoder_input_tokens has token ids outside the vocabulary [0, {vocab_size}): '
-                     f'min {array.min()}, max {array.max()}')
+    raise ValueError(f'encoder_input_tokens has token ids outside the vocabulary '
+                     f'[0, {vocab_size}): min {array.min()}, max {array.max()}')
   return jnp.asarray(array, jnp.int32)
 
 
