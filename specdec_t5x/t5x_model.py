@@ -1,0 +1,570 @@
+"""Speculative decoding inside `python -m t5x.infer`: a T5X `EncoderDecoderModel` subclass.
+
+T5X's `decode_fn` contract feeds one token per call, so a speculative loop
+cannot be a plain `decode_fn`; `SpeculativeEncoderDecoderModel` overrides
+`predict_batch_with_aux` instead and runs `specdec_t5x.decoding.speculative_decode`
+with the target parameters exactly as T5X passes them (restored, partitioned,
+traced inside T5X's partitioned inference step) and a draft configured in gin.
+
+Switching it on from an ordinary T5X command line (see gin/speculative.gin and
+docs/t5x.md)::
+
+  python -m t5x.infer --gin_file=t5x/examples/t5/t5_1_1/xxl.gin \
+    --gin_file=t5x/configs/runs/infer.gin --gin_file=gin/speculative.gin \
+    --gin.DRAFT_CHECKPOINT="'gs://.../t5_small/checkpoint_1000000'" \
+    --gin.DRAFT_CONFIG="'t5_1_1_small'" --gin.GAMMA=7 ...
+
+`speculative_model(model, ...)` wraps the `EncoderDecoderModel` the model gin
+file configured, so every other setting of that file (vocabularies, optimizer,
+feature converter, losses) carries over unchanged. T5X's example network is
+swapped for `specdec_t5x.network.Transformer` with the same `T5Config`: the
+parameter tree, logical axes and outputs are identical, and its cache accepts
+the γ+1 query positions a verification step needs.
+
+The draft's parameters enter T5X's partitioned step as closed-over arrays,
+placed on the step's mesh (replicated, or sharded by the logical axis rules).
+JAX embeds closed-over arrays in the compiled program unless
+`JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=true`, with which they stay device buffers
+passed to the program; set it for drafts of more than a few hundred MB
+(docs/t5x.md).
+
+t5x is not a dependency of the package: this module imports without it, and
+constructing the model raises an `ImportError` that says how to install it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import warnings
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen import partitioning as flax_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
+
+from specdec_t5x import decoding, network
+from specdec_t5x import drafters as drafters_lib
+from specdec_t5x import sampling as sampling_lib
+
+try:
+  from t5x import decoding as t5x_decoding
+  from t5x import models as t5x_models
+except ImportError as _err:  # t5x is optional: only this module's classes need it
+  t5x_decoding = t5x_models = None
+  _T5X_IMPORT_ERROR: ImportError | None = _err
+else:
+  _T5X_IMPORT_ERROR = None
+
+logger = logging.getLogger(__name__)
+
+PyTree = Any
+Array = jax.Array
+
+T5X_INSTALL_HINT = (
+    't5x is not importable, and SpeculativeEncoderDecoderModel subclasses '
+    't5x.models.EncoderDecoderModel. t5x is not on PyPI; install it from GitHub next to '
+    'specdec_t5x (tested at commit cc342d4): `pip install "t5x @ git+https://github.com/'
+    'google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16"`; see docs/t5x.md.')
+DRAFT_PARTITIONINGS = ('replicated', 'logical')
+# Drafts above this size make XLA compile slowly when embedded as constants.
+_LARGE_EMBEDDED_DRAFT_BYTES = 256 * 2**20
+
+
+def _require_t5x() -> None:
+  if t5x_models is None:
+    raise ImportError(T5X_INSTALL_HINT) from _T5X_IMPORT_ERROR
+
+
+class _T5XNotInstalled:
+  """Stands in for `t5x.models.EncoderDecoderModel` when t5x is missing."""
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    del args, kwargs
+    _require_t5x()
+
+
+_EncoderDecoderModel = t5x_models.EncoderDecoderModel if t5x_models else _T5XNotInstalled
+_BEAM_SEARCH = t5x_decoding.beam_search if t5x_decoding else None
+
+
+# ------------------------------------------------------------------------------
+# Configs and modules.
+# ------------------------------------------------------------------------------
+
+
+def t5_config_from(config: Any, **overrides: Any) -> network.T5Config:
+  """A `specdec_t5x.network.T5Config` from a preset name, our config or T5X's example config.
+
+  T5X's `t5x.examples.t5.network.T5Config` has the same fields as ours, so it
+  converts field by field; a config with fields ours lacks (another network)
+  is refused rather than silently misread.
+  """
+  if isinstance(config, str):
+    return network.config_from_preset(config, **overrides)
+  if isinstance(config, network.T5Config):
+    return config.replace(**overrides) if overrides else config
+  if not dataclasses.is_dataclass(config) or isinstance(config, type):
+    raise ValueError(f'expected a T5Config or a preset name ({sorted(network.PRESETS)}), got '
+                     f'{config!r}')
+  ours = {field.name for field in dataclasses.fields(network.T5Config)}
+  given = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+  unknown = sorted(set(given) - ours)
+  if unknown:
+    raise ValueError(f'{type(config).__module__}.{type(config).__name__} has fields '
+                     f'{unknown} that specdec_t5x.network.T5Config does not; only T5X\'s example '
+                     'T5 network (t5x.examples.t5.network) can be converted')
+  return network.T5Config(**{**given, **overrides})
+
+
+def as_specdec_module(module: Any) -> network.Transformer:
+  """`module` as `specdec_t5x.network.Transformer` (T5X's example network is converted).
+
+  Both have the same parameter tree, logical axes and outputs; ours also has a
+  decode cache that takes several query positions per call.
+  """
+  if isinstance(module, network.Transformer):
+    return module
+  config = getattr(module, 'config', None)
+  if config is None:
+    raise ValueError(f'cannot run speculative decoding with {type(module).__name__}: expected '
+                     'specdec_t5x.network.Transformer or T5X\'s example T5 network')
+  return network.Transformer(t5_config_from(config))
+
+
+def t5x_sampling_decode_fn(temperature: float = 0.0, top_k: int = 0,
+                           top_p: float = 1.0) -> Any:
+  """T5X's own `decoding.temperature_sample` with our sampling conventions.
+
+  The baseline T5X decode for the same settings (speculative.gin binds it, so
+  `GAMMA=0` is plain T5X): temperature 0 is greedy, `top_k` 0 and `top_p` 1
+  are off. (T5X's `temperature_sample` defaults to `topk=1`, i.e. greedy at any
+  temperature, and spells "top-p off" as 0.) T5X allows only one of top-k and
+  top-p.
+  """
+  _require_t5x()
+  sampling = sampling_lib.make_sampling_config(temperature, top_k, top_p)
+  if sampling.top_k and sampling.top_p < 1.0:
+    raise ValueError('T5X\'s temperature_sample takes top-k or top-p, not both; got '
+                     f'top_k={top_k}, top_p={top_p}')
+  t5x_top_p = 0.0 if sampling.top_p == 1.0 else sampling.top_p
+  return functools.partial(t5x_decoding.temperature_sample, temperature=sampling.temperature,
+                           topk=sampling.top_k, topp=t5x_top_p)
+
+
+# ------------------------------------------------------------------------------
+# The draft.
+# ------------------------------------------------------------------------------
+
+
+def load_model_drafter(checkpoint: str, config: Any, *, dtype: Any = None,
+                       params_dtype: Any = None) -> drafters_lib.ModelDrafter:
+  """A `ModelDrafter` from a T5X checkpoint (Orbax or legacy) and its config.
+
+  Args:
+    checkpoint: a `checkpoint_<step>` directory (or the model directory above).
+    config: a preset name, `T5Config`, or T5X example `T5Config`.
+    dtype: activation dtype override (e.g. 'bfloat16'); None keeps the config's.
+    params_dtype: dtype the parameters are kept in; None keeps the stored one.
+
+  Raises:
+    ValueError: the checkpoint is missing, unreadable, or does not fit `config`.
+  """
+  from specdec_t5x import checkpoints as checkpoints_lib  # orbax/tensorstore: load on use
+
+  overrides = {} if dtype is None else {'dtype': dtype}
+  draft_config = t5_config_from(config, **overrides)
+  if not checkpoint:
+    raise ValueError('the draft checkpoint path is empty; set DRAFT_CHECKPOINT')
+  try:
+    params = checkpoints_lib.load_t5x_params(checkpoint, draft_config, dtype=params_dtype)
+  except FileNotFoundError as err:
+    hint = ('; remote paths are not read, copy the checkpoint to local disk first '
+            '(`gcloud storage cp -r`)' if '://' in str(checkpoint) else '')
+    raise ValueError(f'draft checkpoint {checkpoint!r} not found: {err}{hint}') from err
+  except ValueError as err:
+    raise ValueError(f'cannot use draft checkpoint {checkpoint!r}: {err}') from err
+  return drafters_lib.ModelDrafter(module=network.Transformer(draft_config), params=params)
+
+
+def ngram_drafter(counts_path: str, order: int = 2, smoothing: float | None = None) -> Any:
+  """The unigram (`order` 1) or bigram (2) draft of a counts file, for gin (gin/drafts/).
+
+  The file is what `specdec_t5x.ngram_drafters.save_counts` writes; the model
+  checks its vocabulary against the target's. `smoothing` None is the
+  module's default add-k.
+  """
+  from specdec_t5x import ngram_drafters  # scipy: load on use
+
+  if order not in (1, 2):
+    raise ValueError(f'order must be 1 (unigram) or 2 (bigram), got {order!r}')
+  try:
+    counts = ngram_drafters.load_counts(counts_path)
+  except FileNotFoundError as err:
+    raise ValueError(f'n-gram counts file {counts_path!r} not found: {err}') from err
+  if smoothing is None:
+    smoothing = ngram_drafters.DEFAULT_SMOOTHING
+  drafter_cls = ngram_drafters.UnigramDrafter if order == 1 else ngram_drafters.BigramDrafter
+  return drafter_cls.from_counts(counts, smoothing)
+
+
+def _active_mesh() -> jax.sharding.Mesh | None:
+  """The mesh T5X's partitioned step runs under, or None outside one.
+
+  T5X enters it with the legacy `with Mesh(...)` context (t5x/partitioning.py,
+  `PjittedFnWithContext`), which only `thread_resources` exposes.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    from jax.interpreters import pxla
+
+    mesh = pxla.thread_resources.env.physical_mesh
+  return None if mesh.empty else mesh
+
+
+def _floating_dtype(tree: PyTree) -> Any:
+  """The dtype of the first floating-point leaf of `tree` (float32 if it has none)."""
+  for leaf in jax.tree.leaves(tree):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      return leaf.dtype
+  return jnp.float32
+
+
+def _with_params_dtype(drafter: Any, dtype: Any) -> Any:
+  """A `ModelDrafter` with its floating-point parameters as host arrays of `dtype`.
+
+  Other drafters keep their arrays as built (an n-gram table's counts would
+  lose precision in bfloat16).
+  """
+  if not isinstance(drafter, drafters_lib.ModelDrafter):
+    return drafter
+
+  def cast(leaf):
+    if not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.dtype == dtype:
+      return leaf
+    return np.asarray(leaf).astype(dtype)
+  return drafter.replace(params=jax.tree.map(cast, drafter.params))
+
+
+def _tree_nbytes(tree: PyTree) -> int:
+  return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def _draft_param_specs(drafter: drafters_lib.ModelDrafter, rules: Any) -> PyTree:
+  """PartitionSpecs of a model draft's parameters under the logical axis `rules`."""
+  tokens = jnp.ones((1, 1), jnp.int32)
+  variables = jax.eval_shape(lambda: drafter.module.init(
+      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False))
+  names = flax_partitioning.get_axis_names(variables['params_axes'])
+  return jax.tree.map(lambda axes: flax_partitioning.logical_to_mesh_axes(axes, rules), names,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def drafter_shardings(drafter: Any, mesh: jax.sharding.Mesh, partitioning: str,
+                      rules: Any = ()) -> PyTree:
+  """Shardings (a tree like `drafter`) that place a draft on `mesh`.
+
+  'replicated' copies it to every device: a small draft is latency-bound, and
+  sharding it would add collectives to each of its γ sequential steps.
+  'logical' shards a `ModelDrafter`'s parameters by their logical axes under
+  `rules` like the target's (other drafters stay replicated).
+  """
+  if partitioning not in DRAFT_PARTITIONINGS:
+    raise ValueError(f'draft_partitioning must be one of {DRAFT_PARTITIONINGS}, got '
+                     f'{partitioning!r}')
+  replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), drafter)
+  if partitioning == 'replicated' or not isinstance(drafter, drafters_lib.ModelDrafter):
+    return replicated
+  specs = _draft_param_specs(drafter, rules)
+  params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return replicated.replace(params=params)
+
+
+# ------------------------------------------------------------------------------
+# The model.
+# ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculationConfig:
+  """What `SpeculativeEncoderDecoderModel` decodes with (γ = 0 or no draft: plain T5X)."""
+
+  gamma: int = 0
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  draft_partitioning: str = 'replicated'
+
+  def __post_init__(self):
+    if isinstance(self.gamma, bool) or int(self.gamma) != self.gamma or self.gamma < 0:
+      raise ValueError(f'gamma must be an integer >= 0 (0 switches speculation off), got '
+                       f'{self.gamma!r}')
+    if self.draft_partitioning not in DRAFT_PARTITIONINGS:
+      raise ValueError(f'draft_partitioning must be one of {DRAFT_PARTITIONINGS}, got '
+                       f'{self.draft_partitioning!r}')
+    # Raises a ValueError for a bad temperature, top_k or top_p.
+    sampling_lib.make_sampling_config(self.temperature, self.top_k, self.top_p)
+
+  @property
+  def sampling(self) -> sampling_lib.SamplingConfig:
+    return sampling_lib.make_sampling_config(self.temperature, self.top_k, self.top_p)
+
+
+class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
+  """`t5x.models.EncoderDecoderModel` whose predictions come from speculative decoding.
+
+  Everything except `predict_batch_with_aux` (training loss, scoring,
+  initialisation) is the parent's. With γ = 0 or no draft, prediction is the
+  parent's too, with the module exactly as given.
+
+  With speculation on, `predict_batch_with_aux` decodes up to the batch's
+  `decoder_input_tokens` length (as T5X does), stops each row at the output
+  vocabulary's EOS, and returns tokens `[batch, length]` (0 after EOS) with aux:
+
+    scores: `[batch]` log-probability of each output under the sampling
+      transform, as T5X's `temperature_sample` reports it (0 when greedy);
+    decode_lengths: `[batch]` tokens emitted, EOS included;
+    speculative_iterations: `[batch]` draft-and-verify iterations the row took;
+    speculative_accepted: `[batch]` draft tokens kept;
+    speculative_beta_mean: `[batch]` mean β = Σ min(p, q) over verified
+      positions, an estimate of the acceptance rate α.
+
+  With `num_decodes > 1` each input is decoded that many times and the outputs
+  are sorted by score as T5X does (highest last); `return_all_decodes` gives
+  all of them (`[batch, num_decodes, ...]`).
+  """
+
+  def __init__(self, module: Any, input_vocabulary: Any, output_vocabulary: Any,
+               optimizer_def: Any, decode_fn: Any = _BEAM_SEARCH,
+               feature_converter_cls: Any = None, label_smoothing: float = 0.0,
+               z_loss: float = 0.0, loss_normalizing_factor: Any = None,
+               default_decoder_params: Any = None, *, draft_checkpoint: str | None = None,
+               draft_config: Any = None, drafter: Any = None, gamma: int = 0,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               draft_params_dtype: Any = None, draft_partitioning: str = 'replicated'):
+    """Args after T5X's `EncoderDecoderModel` ones (all gin-configurable):
+
+    Args:
+      draft_checkpoint: a T5X checkpoint (Orbax or legacy) of the draft model.
+      draft_config: the draft's `T5Config`, or a preset name such as
+        't5_1_1_small' (which then computes in the target config's dtype).
+      drafter: a ready `specdec_t5x.drafters.Drafter` instead of a checkpoint.
+      gamma: draft tokens per iteration; 0 switches speculation off.
+      temperature, top_k, top_p: sampling (temperature 0 is greedy), applied
+        to target and draft alike.
+      draft_params_dtype: dtype of a model draft's parameters on the devices;
+        None matches the target's parameters as T5X restored them (bfloat16
+        with infer.gin's `RestoreCheckpointConfig.dtype`).
+      draft_partitioning: 'replicated' or 'logical' (see `drafter_shardings`).
+    """
+    super().__init__(module=module, input_vocabulary=input_vocabulary,
+                     output_vocabulary=output_vocabulary, optimizer_def=optimizer_def,
+                     decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
+                     label_smoothing=label_smoothing, z_loss=z_loss,
+                     loss_normalizing_factor=loss_normalizing_factor,
+                     default_decoder_params=default_decoder_params)
+    self._configure_speculation(
+        draft_checkpoint=draft_checkpoint, draft_config=draft_config, drafter=drafter,
+        gamma=gamma, temperature=temperature, top_k=top_k, top_p=top_p,
+        draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning)
+
+  # -- configuration ------------------------------------------------------------
+
+  def _configure_speculation(self, *, draft_checkpoint: str | None, draft_config: Any,
+                             drafter: Any, gamma: int, temperature: float, top_k: int,
+                             top_p: float, draft_params_dtype: Any,
+                             draft_partitioning: str) -> None:
+    self.speculation = SpeculationConfig(gamma=gamma, temperature=temperature, top_k=top_k,
+                                         top_p=top_p, draft_partitioning=draft_partitioning)
+    if draft_checkpoint and drafter is not None:
+      raise ValueError('give either draft_checkpoint (with draft_config) or drafter, not both')
+    if draft_checkpoint and draft_config is None:
+      raise ValueError(f'draft_checkpoint {draft_checkpoint!r} needs draft_config (a T5Config '
+                       f'or a preset name: {sorted(network.PRESETS)})')
+    self._drafter = None
+    self._draft_params_dtype = draft_params_dtype
+    self._placed_drafters: dict[Any, Any] = {}
+    has_draft = bool(draft_checkpoint) or drafter is not None
+    if self.speculation.gamma == 0 or not has_draft:
+      logger.info('Speculative decoding is off (gamma=%d, draft given: %s); predicting with '
+                  'T5X\'s decode_fn.', self.speculation.gamma, has_draft)
+      return
+
+    self.module = as_specdec_module(self.module)
+    target_config = self.module.config
+    if drafter is None:
+      # A preset draft computes in the target's dtype (bfloat16 on TPU, float32 on CPU).
+      dtype = target_config.dtype if isinstance(draft_config, str) else None
+      drafter = load_model_drafter(draft_checkpoint, draft_config, dtype=dtype,
+                                   params_dtype=draft_params_dtype)
+    drafters_lib.check_vocab_compatible(target_config.vocab_size, drafter.vocab_size)
+    output_vocab_size = getattr(self.output_vocabulary, 'vocab_size', None)
+    if output_vocab_size is not None and output_vocab_size > target_config.vocab_size:
+      raise ValueError(f'the output vocabulary has {output_vocab_size} ids but the target model '
+                       f'only {target_config.vocab_size}')
+    self._drafter = drafter
+    logger.info('Speculative decoding on: gamma=%d, %s, draft %s (%.1f MB of arrays).',
+                self.speculation.gamma, self.speculation.sampling, type(drafter).__name__,
+                _tree_nbytes(drafter) / 2**20)
+
+  @property
+  def speculation_enabled(self) -> bool:
+    return self._drafter is not None
+
+  @property
+  def drafter(self) -> Any:
+    """The draft as configured (host arrays), or None when speculation is off."""
+    return self._drafter
+
+  def _drafter_for_step(self, target_params: PyTree) -> Any:
+    """The draft for the step being traced: in its dtype, on the step's mesh.
+
+    Cached per (dtype, mesh, axis rules): T5X traces its step once per shape.
+    """
+    dtype = jnp.dtype(self._draft_params_dtype or _floating_dtype(target_params))
+    mesh = _active_mesh()
+    rules = tuple(flax_partitioning.get_axis_rules())
+    key = (dtype.name,) if mesh is None else (
+        dtype.name, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat),
+        mesh.axis_names, rules if self.speculation.draft_partitioning == 'logical' else None)
+    if key in self._placed_drafters:
+      return self._placed_drafters[key]
+    drafter = _with_params_dtype(self._drafter, dtype)
+    if mesh is not None:
+      shardings = drafter_shardings(drafter, mesh, self.speculation.draft_partitioning, rules)
+      # This runs while T5X traces its partitioned step: transfer the host
+      # arrays now instead of staging the transfer into the program.
+      with jax.ensure_compile_time_eval():
+        drafter = jax.device_put(drafter, shardings)
+      nbytes = _tree_nbytes(drafter)
+      hoisted = getattr(jax.config, 'jax_use_simplified_jaxpr_constants', True)
+      if nbytes > _LARGE_EMBEDDED_DRAFT_BYTES and not hoisted:
+        logger.warning('The draft has %.0f MB of arrays, which JAX embeds in the compiled step; '
+                       'set JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=true to pass them as device '
+                       'buffers instead (docs/t5x.md).', nbytes / 2**20)
+    self._placed_drafters[key] = drafter
+    return drafter
+
+  # -- prediction ---------------------------------------------------------------
+
+  def predict_batch_with_aux(
+      self, params: PyTree, batch: Mapping[str, Array], rng: Array | None = None,
+      decoder_params: MutableMapping[str, Any] | None = None,
+      return_all_decodes: bool | None = None, num_decodes: int | None = None,
+      prompt_with_targets: bool = False) -> tuple[Array, Mapping[str, Array]]:
+    """Speculative decoding of `batch['encoder_input_tokens']` (see the class docstring)."""
+    if not self.speculation_enabled:
+      return super().predict_batch_with_aux(
+          params, batch, rng=rng, decoder_params=decoder_params,
+          return_all_decodes=return_all_decodes, num_decodes=num_decodes,
+          prompt_with_targets=prompt_with_targets)
+    if prompt_with_targets:
+      raise ValueError('speculative decoding does not support prompt_with_targets (decoder '
+                       'prompts); set GAMMA=0 to use T5X\'s decode_fn')
+    if return_all_decodes is None:
+      return_all_decodes = self._default_decoder_params.return_all_decodes
+    if num_decodes is None:
+      num_decodes = self._default_decoder_params.num_decodes
+    rng, eos_id = self._decode_rng_and_eos(rng, decoder_params)
+
+    encoder_input_tokens = batch['encoder_input_tokens']
+    batch_size, max_decode_len = batch['decoder_input_tokens'].shape
+    # [batch * num_decodes, length], each row repeated in place like T5X's expansion.
+    expanded_inputs = jnp.repeat(encoder_input_tokens, num_decodes, axis=0)
+    spec = self.speculation
+    output = decoding.speculative_decode(
+        self.module, params, self._drafter_for_step(params), expanded_inputs,
+        gamma=spec.gamma, max_decode_len=max_decode_len, rng=rng, temperature=spec.temperature,
+        top_k=spec.top_k, top_p=spec.top_p, eos_id=eos_id)
+    scores = self._sequence_scores(params, expanded_inputs, output.tokens, output.lengths)
+
+    per_decode = {
+        'tokens': output.tokens, 'scores': scores, 'decode_lengths': output.lengths,
+        'speculative_iterations': output.iterations,
+        'speculative_accepted': output.accepted,
+        'speculative_beta_mean': output.beta_mean,
+    }
+    per_decode = {name: value.reshape((batch_size, num_decodes) + value.shape[1:])
+                  for name, value in per_decode.items()}
+    # Sorted by increasing score, as T5X's decoders return them (best last).
+    order = jnp.argsort(per_decode['scores'], axis=1)
+    per_decode = {name: jnp.take_along_axis(value, order.reshape(order.shape + (1,) * (
+        value.ndim - 2)), axis=1) for name, value in per_decode.items()}
+    if not return_all_decodes:
+      per_decode = {name: value[:, -1] for name, value in per_decode.items()}
+    tokens = per_decode.pop('tokens')
+    return tokens, per_decode
+
+  def _decode_rng_and_eos(self, rng: Array | None,
+                          decoder_params: Mapping[str, Any] | None) -> tuple[Array | None, int]:
+    """The PRNG key and EOS id, from the arguments as T5X's parent method reads them."""
+    decoder_params = dict(decoder_params or {})
+    decode_rng = decoder_params.pop('decode_rng', None)
+    if rng is not None and decode_rng is not None:
+      raise ValueError('got a PRNG key both as `rng` and as decoder_params["decode_rng"]; '
+                       'pass one')
+    eos_id = decoder_params.pop('eos_id', self.output_vocabulary.eos_id or 1)
+    if decoder_params:
+      raise ValueError(f'decoder_params {sorted(decoder_params)} are not supported by '
+                       'speculative decoding; gamma and sampling are model settings')
+    return (rng if rng is not None else decode_rng), int(eos_id)
+
+  def _sequence_scores(self, params: PyTree, encoder_input_tokens: Array, tokens: Array,
+                       lengths: Array) -> Array:
+    """`[batch]` log-probabilities of `tokens [batch, T]` under the sampling transform.
+
+    What T5X's `temperature_sample` reports (`rescale_log_probs=True`): 0 when
+    greedy, else the sum over emitted tokens of log p'(token), p' the
+    transformed target distribution, here from one teacher-forced pass.
+    """
+    sampling = self.speculation.sampling
+    if sampling.greedy:
+      return jnp.zeros(tokens.shape[:1], jnp.float32)
+    emitted = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    decoder_inputs = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))  # BOS (0), then the outputs
+    # The module masks positions whose target is 0 as padding; a model may emit
+    # id 0 itself, so the mask comes from the lengths, not from the tokens.
+    logits = self.module.apply({'params': params}, encoder_input_tokens, decoder_inputs,
+                               emitted.astype(jnp.int32), enable_dropout=False)
+    log_probs = jax.nn.log_softmax(sampling_lib.transform_logits(logits, sampling), axis=-1)
+    token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(emitted, token_log_probs, 0.0), axis=1)
+
+
+def speculative_model(model: Any, *, draft_checkpoint: str | None = None,
+                      draft_config: Any = None, drafter: Any = None, gamma: int = 0,
+                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                      draft_params_dtype: Any = None,
+                      draft_partitioning: str = 'replicated') -> SpeculativeEncoderDecoderModel:
+  """`model` (a configured T5X `EncoderDecoderModel`) with speculative prediction.
+
+  Every setting of `model` is kept (gin/speculative.gin wraps whatever MODEL
+  the model gin file built); the speculative arguments are those of
+  `SpeculativeEncoderDecoderModel`.
+  """
+  _require_t5x()
+  if not isinstance(model, t5x_models.EncoderDecoderModel):
+    raise ValueError('speculative decoding needs an encoder-decoder model '
+                     f'(t5x.models.EncoderDecoderModel), got {type(model).__name__}')
+  wrapped = SpeculativeEncoderDecoderModel.__new__(SpeculativeEncoderDecoderModel)
+  # Copying the instance state keeps every constructor setting of the parent,
+  # including ones a newer T5X may add, without re-listing them here.
+  wrapped.__dict__.update(vars(model))
+  wrapped._configure_speculation(
+      draft_checkpoint=draft_checkpoint, draft_config=draft_config, drafter=drafter,
+      gamma=gamma, temperature=temperature, top_k=top_k, top_p=top_p,
+      draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning)
+  return wrapped
+
+
+__all__ = [
+    'DRAFT_PARTITIONINGS', 'SpeculationConfig', 'SpeculativeEncoderDecoderModel',
+    'T5X_INSTALL_HINT', 'as_specdec_module', 'drafter_shardings', 'load_model_drafter',
+    'ngram_drafter', 'speculative_model', 't5_config_from', 't5x_sampling_decode_fn',
+]
