@@ -427,7 +427,7 @@ def test_paper_vocabulary_defaults_to_t5s_public_model():
   vocabulary = seqio.get_mixture_or_task(tasks.WMT_ENDE).output_features['targets'].vocabulary
   resolved = vocabulary.resolve()  # builds the object only; the gs:// file is never opened
   assert resolved.sentencepiece_model_file == tasks.T5_PUBLIC_VOCAB_PATH
-  assert resolved.extra_ids == 100
+  assert resolved.extra_ids == 0
 
 
 def test_paper_tasks_preprocess_handwritten_rows(gin_bound_vocab, tiny_vocab_path):
@@ -435,7 +435,7 @@ def test_paper_tasks_preprocess_handwritten_rows(gin_bound_vocab, tiny_vocab_pat
   import tensorflow as tf
 
   tasks = gin_bound_vocab
-  vocabulary = seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=100)
+  vocabulary = seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=0)
   cases = {
       tasks.WMT_ENDE: ({'en': ['This package contains the shared library.', 'map viewer'],
                         'de': ['Dieses Paket enthält die Laufzeitbibliothek.',
@@ -470,7 +470,7 @@ def test_gin_configured_vocabulary_follows_later_bindings(gin_bound_vocab, tiny_
 
   tasks = gin_bound_vocab
   vocabulary = tasks.GinConfiguredVocabulary()
-  assert vocabulary == seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=100)
-  assert vocabulary != seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=0)
-  assert vocabulary.vocab_size == TINY_VOCAB_SIZE + 100
+  assert vocabulary == seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=0)
+  assert vocabulary != seqio.SentencePieceVocabulary(str(tiny_vocab_path), extra_ids=100)
+  assert vocabulary.vocab_size == TINY_VOCAB_SIZE
   assert vocabulary.decode(vocabulary.encode('map viewer')) == 'map viewer'

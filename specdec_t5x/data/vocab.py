@@ -21,10 +21,11 @@ DDTP_VOCAB_SIZE = 8000
 EMBEDDING_MULTIPLE = 128
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DDTP_VOCAB_NAME = f'ddtp_en_de_{DDTP_VOCAB_SIZE}'
-# T5's public vocabulary (what the paper's tasks and checkpoints use): 32000 pieces + 100
-# sentinels = 32100, padded to 32128 rows in the model.
-T5_PUBLIC_VOCAB_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
-T5_PUBLIC_EXTRA_IDS = 100
+# T5's public vocabulary as T5X's T5 1.1 gin files bind it (the sentinels are inside the model
+# file, so extra_ids=0): 32100 pieces, padded to 32128 rows in the model. It must compare equal to
+# the model's vocabulary or `t5x.infer` refuses the task.
+T5_PUBLIC_VOCAB_PATH = 'gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model'
+T5_PUBLIC_EXTRA_IDS = 0
 # sentencepiece skips training sentences longer than this many bytes; DDTP paragraphs and whole
 # summarisation inputs can exceed its default of 4192.
 MAX_SENTENCE_BYTES = 32768
