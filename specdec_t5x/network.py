@@ -89,12 +89,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU sizes (T5 1.1 style, 8k vocabulary); `cpu_*` mirror the paper's
     # XXL-vs-small/base/large ratios as far as a 2-core machine allows.
     'cpu_target': dict(_T5_1_1, vocab_size=8192, emb_dim=512, num_heads=8,
-                       num_encoder_layers=6, num_decoder_layers=6, head_dim=64, mlp_dim=1024),
-    'cpu_large': dict(_T5_1_1, vocab_size=8192, emb_dim=256, num_heads=4,
-                      num_encoder_layers=4, num_decoder_layers=4, head_dim=64, mlp_dim=512),
-    'cpu_base': dict(_T5_1_1, vocab_size=8192, emb_dim=192, num_heads=3,
+                       num_encoder_layers=4, num_decoder_layers=4, head_dim=64, mlp_dim=1024),
+    'cpu_large': dict(_T5_1_1, vocab_size=8192, emb_dim=192, num_heads=3,
+                      num_encoder_layers=3, num_decoder_layers=3, head_dim=64, mlp_dim=512),
+    'cpu_base': dict(_T5_1_1, vocab_size=8192, emb_dim=128, num_heads=2,
                      num_encoder_layers=3, num_decoder_layers=3, head_dim=64, mlp_dim=384),
-    'cpu_small': dict(_T5_1_1, vocab_size=8192, emb_dim=128, num_heads=2,
+    'cpu_small': dict(_T5_1_1, vocab_size=8192, emb_dim=64, num_heads=1,
                       num_encoder_layers=2, num_decoder_layers=2, head_dim=64, mlp_dim=256),
     # Miniature models for unit tests.
     'test_tiny': dict(_T5_1_1, vocab_size=64, emb_dim=32, num_heads=2, num_encoder_layers=2,

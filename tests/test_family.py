@@ -1,0 +1,219 @@
+"""The model family scripts: configuration checks, and the miniature family end to end.
+
+The end-to-end test trains the `miniature` family (configs/family.json) in a temporary
+$SPECDEC_CACHE_DIR, evaluates it and checks the results files. Its data: the real DDTP data if
+scripts/build_data.py has built it in the usual cache (linked, read only), otherwise the
+hand-written lists of tests/fixtures/ddtp built into the temporary cache. No root, no network.
+The full `default` family (about an hour) runs only with `-m slow`.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from specdec_t5x import paths
+
+REPO = paths.repo_root()
+SCRIPTS = REPO / 'scripts'
+FIXTURE_DIR = REPO / 'tests' / 'fixtures' / 'ddtp'
+# The fixture's smallest test/validation split (summarize) has 3 / 2 examples.
+FIXTURE_EVAL_ARGS = ['--num-examples', '2', '--validation-examples', '2', '--batch-size', '2']
+REAL_EVAL_ARGS = ['--num-examples', '16', '--validation-examples', '16', '--batch-size', '8']
+
+
+def load_script(name: str):
+  """Imports scripts/<name>.py as a module (scripts/ is not a package)."""
+  sys.path.insert(0, str(SCRIPTS))
+  try:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  finally:
+    sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope='module')
+def train_family():
+  return load_script('train_family')
+
+
+@pytest.fixture(scope='module')
+def evaluate_family():
+  return load_script('evaluate_family')
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@pytest.mark.parametrize('name', ['default', 'miniature'])
+def test_families_load_and_the_target_is_the_largest(train_family, name):
+  family = train_family.load_family(name)
+  counts = train_family.check_param_ratio(family)
+  target = train_family.target_model(family)['name']
+  drafts = [count for model, count in counts.items() if model != target]
+  assert counts[target] >= family['min_target_param_ratio'] * max(drafts)
+  assert all(m['preset'].startswith('cpu_') for m in family['models']) == (name == 'default')
+
+
+def test_default_family_mirrors_the_paper(train_family):
+  family = train_family.load_family('default')
+  assert family['min_target_param_ratio'] >= 5
+  assert family['mixture'] == 'ddtp_all'
+  counts = train_family.check_param_ratio(family)
+  # small < base < large < target, as T5-small/base/large against T5-XXL.
+  assert [model['name'] for model in sorted(family['models'], key=lambda m: counts[m['name']])
+          ] == ['small', 'base', 'large', 'target']
+
+
+def test_unknown_family_and_bad_entries_are_refused(train_family, tmp_path):
+  with pytest.raises(ValueError, match="unknown family 'nope'"):
+    train_family.load_family('nope')
+  family = json.loads(train_family.DEFAULT_CONFIG.read_text())['families']['miniature']
+  bad = {**family, 'models': [{**family['models'][0], 'preset': 'no_such_preset'}]
+         + family['models'][1:]}
+  with pytest.raises(ValueError, match="unknown preset 'no_such_preset'"):
+    train_family.check_family('bad', bad)
+  no_target = {**family, 'models': [m for m in family['models'] if m['role'] != 'target']}
+  with pytest.raises(ValueError, match="exactly one 'target'"):
+    train_family.check_family('bad', no_target)
+  lacking = {key: value for key, value in family.items() if key != 'batch_size'}
+  with pytest.raises(ValueError, match="lacks \\['batch_size'\\]"):
+    train_family.check_family('bad', lacking)
+
+
+def test_param_ratio_is_enforced(train_family):
+  family = train_family.load_family('miniature')
+  swapped = {**family, 'min_target_param_ratio': 1000.0}
+  with pytest.raises(ValueError, match='only .*x the largest draft'):
+    train_family.check_param_ratio(swapped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def test_metrics_rank_a_good_output_above_a_bad_one(evaluate_family):
+  references = ['Dieses Paket enthält die Entwicklungsdateien.', 'Werkzeuge für Ada']
+  good = evaluate_family.bleu_scores(references, references)
+  bad = evaluate_family.bleu_scores(['foo bar baz qux', 'x y z w'], references)
+  assert good['bleu'] == pytest.approx(100.0) and bad['bleu'] < 5.0
+  rouge_good = evaluate_family.rouge_scores(['tools for Ada'], ['tools for Ada'])
+  rouge_half = evaluate_family.rouge_scores(['tools for Python'], ['tools for Ada'])
+  assert rouge_good['rouge1'] == pytest.approx(100.0)
+  assert 0.0 < rouge_half['rouge1'] < rouge_good['rouge1']
+  with pytest.raises(ValueError, match='as many hypotheses as references'):
+    evaluate_family.rouge_scores(['a'], ['a', 'b'])
+
+
+def test_strip_prefix(evaluate_family):
+  assert evaluate_family.strip_prefix('summarize: text here', 'summarize: ') == 'text here'
+  with pytest.raises(ValueError, match='task prefix'):
+    evaluate_family.strip_prefix('text', 'summarize: ')
+
+
+def test_quality_checks_catch_a_draft_that_beats_the_target(evaluate_family):
+  def row(name, role, bleu, rouge):
+    return {'name': name, 'role': role, 'ende': {'bleu': bleu}, 'summarize': {'rougeL': rouge}}
+
+  rows = [row('target', 'target', 20.0, 30.0), row('small', 'draft', 21.0, 25.0),
+          row('copy-input', 'baseline', 10.0, 26.0)]
+  failed = {c['claim'] for c in evaluate_family.quality_checks(rows) if not c['passed']}
+  assert failed == {'target > small on ende bleu', 'small > copy-input on summarize rougeL'}
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end.
+
+
+def real_data_root() -> pathlib.Path | None:
+  """The cache holding data built by scripts/build_data.py, if any."""
+  root = pathlib.Path(os.environ.get(paths.CACHE_ENV, '~/.cache/specdec_t5x')).expanduser()
+  stamp = root / 'ddtp' / 'build.json'
+  if not stamp.is_file():
+    return None
+  built = json.loads(stamp.read_text())
+  if not pathlib.Path(built.get('vocab_path', '')).is_file() or not (root / 'tfds').is_dir():
+    return None
+  return root
+
+
+def run_script(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+  result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, f'{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+  return result
+
+
+@pytest.fixture(scope='module')
+def miniature_cache(tmp_path_factory):
+  """`(env, eval_args)`: a temporary cache with data, for subprocesses."""
+  cache = tmp_path_factory.mktemp('specdec_cache')
+  env = {**os.environ, paths.CACHE_ENV: str(cache), 'JAX_PLATFORMS': 'cpu'}
+  real = real_data_root()
+  if real is not None:
+    for part in ('tfds', 'vocab', 'ddtp', 'jax_compilation_cache'):
+      if (real / part).is_dir():
+        (cache / part).symlink_to(real / part, target_is_directory=True)
+    return env, REAL_EVAL_ARGS
+  run_script([str(SCRIPTS / 'build_data.py'), '--translations-dir', str(FIXTURE_DIR),
+              '--allow-small-vocab'], env, timeout=600)
+  return env, FIXTURE_EVAL_ARGS
+
+
+def test_miniature_family_end_to_end(miniature_cache, tmp_path):
+  env, eval_args = miniature_cache
+  cache = pathlib.Path(env[paths.CACHE_ENV])
+  run_script([str(SCRIPTS / 'train_family.py'), '--family', 'miniature', '--no-progress'],
+             env, timeout=600)
+  training = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
+  assert [row['name'] for row in training['models']] == ['target', 'large', 'base', 'small']
+  for row in training['models']:
+    assert (pathlib.Path(row['checkpoint']) / 'state').is_dir()
+    assert row['num_params'] > 0 and row['train_seconds'] > 0 and not row['cached']
+
+  # A second run finds every checkpoint and trains nothing.
+  again = run_script([str(SCRIPTS / 'train_family.py'), '--family', 'miniature',
+                      '--no-progress'], env, timeout=300)
+  assert again.stdout.count('] cached:') == 4
+  cached = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
+  assert all(row['cached'] for row in cached['models'])
+  assert [row['train_seconds'] for row in cached['models']] == [
+      row['train_seconds'] for row in training['models']]
+
+  run_script([str(SCRIPTS / 'evaluate_family.py'), '--family', 'miniature', '--results-dir',
+              str(tmp_path), *eval_args], env, timeout=600)
+  report = json.loads((tmp_path / 'models.miniature.json').read_text())
+  names = [row['name'] for row in report['models']]
+  assert names == ['target', 'large', 'base', 'small', 'copy-input']
+  for row in report['models']:
+    assert 0.0 <= row['ende']['bleu'] <= 100.0
+    assert all(0.0 <= row['summarize'][k] <= 100.0 for k in ('rouge1', 'rouge2', 'rougeL'))
+    if row['role'] != 'baseline':
+      assert row['ende']['validation_loss'] > 0 and row['summarize']['validation_loss'] > 0
+  # Target vs each of 3 drafts, and each of 4 models vs copy-input, on BLEU and ROUGE-L.
+  assert len(report['checks']) == 2 * (3 + 4)
+  markdown = (tmp_path / 'models.miniature.md').read_text()
+  for name in names:
+    assert f'| {name} |' in markdown
+  assert 'scripts/evaluate_family.py' in markdown and '## Checks' in markdown
+
+
+@pytest.mark.slow
+def test_default_family_trains_and_passes_its_quality_checks(tmp_path):
+  """The real thing: about an hour on 2 cores; uses (and fills) the usual cache."""
+  if real_data_root() is None:
+    pytest.skip('the DDTP data is not built (scripts/build_data.py)')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  run_script([str(SCRIPTS / 'train_family.py'), '--family', 'default', '--no-progress'], env,
+             timeout=3 * 3600)
+  run_script([str(SCRIPTS / 'evaluate_family.py'), '--family', 'default', '--results-dir',
+              str(tmp_path), '--strict'], env, timeout=3600)
+  report = json.loads((tmp_path / 'models.json').read_text())
+  assert all(check['passed'] for check in report['checks'])
