@@ -234,11 +234,15 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
   γ+1 positions in ONE decoder call, and each row keeps its own accepted
   prefix plus one token from the target, so it advances by 1 to γ+1 tokens.
   Rows that have emitted EOS or `max_decode_len` tokens stop changing.
+  A drafter with extra positions (`drafters.ExtraPositionsDrafter`, e.g.
+  PaSS) rides along that call instead of making its own; the loop then starts
+  with one draft-less call that emits the target's first token.
 
   Args:
     target_module: a `specdec_t5x.network.Transformer`.
     target_params: its parameters.
-    drafter: a `specdec_t5x.drafters.Drafter` (e.g. `ModelDrafter`).
+    drafter: a `specdec_t5x.drafters.Drafter` (e.g. `ModelDrafter`,
+      `ngram_drafters.BigramDrafter`, `pass_drafter.PassDrafter`).
     encoder_input_tokens: `[B, L]` int token ids, 0 is padding.
     gamma: draft tokens per iteration, >= 1.
     max_decode_len: the most tokens a row emits (EOS included).
@@ -259,6 +263,39 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
                              sampling=sampling, eos_id=_check_eos(eos_id, vocab_size))
 
 
+def _embed_tokens(module: nn.Module, tokens: Array) -> Array:
+  return module.shared_embedding(tokens)
+
+
+def _score(target_module: nn.Module, target_params: Any, cache: Any, encoded: Array,
+           encoder_input_tokens: Array, tokens: Array, drafter: drafters_lib.Drafter,
+           drafter_state: Any) -> tuple[Array, Any, Any]:
+  """One target call on `tokens [B, k]`, plus the drafter's extra positions if it has any.
+
+  Returns:
+    `(logits [B, k, V], cache, drafter_state)`; the cache has advanced by k
+    plus the extra positions, which the caller's rewind discards.
+  """
+  extra = drafters_lib.num_extra_positions(drafter)
+  if not extra:
+    logits, cache = cache_lib.decode_step(target_module, target_params, cache, encoded,
+                                          encoder_input_tokens, tokens)
+    return logits, cache, drafter_state
+  # The same embedding lookup the decoder does, so the k real positions are unchanged;
+  # the extra positions follow them, so the causal mask hides them from the real ones.
+  embeddings = target_module.apply({'params': target_params}, tokens, method=_embed_tokens)
+  extra_embeddings = drafter.extra_embeddings(drafter_state).astype(embeddings.dtype)
+  embeddings = jnp.concatenate([embeddings, extra_embeddings], axis=1)
+  # In decode mode the token ids only give the call its length.
+  padded = jnp.pad(tokens, ((0, 0), (0, extra)))
+  logits, cache = cache_lib.decode_step(target_module, target_params, cache, encoded,
+                                        encoder_input_tokens, padded,
+                                        decoder_input_embeddings=embeddings)
+  k = tokens.shape[1]
+  drafter_state = drafter.observe_extra_logits(drafter_state, logits[:, k:])
+  return logits[:, :k], cache, drafter_state
+
+
 @functools.partial(jax.jit, static_argnames=('target_module', 'gamma', 'max_decode_len',
                                              'sampling'))
 def _speculative_decode(target_module: nn.Module, target_params: Any,
@@ -267,8 +304,10 @@ def _speculative_decode(target_module: nn.Module, target_params: Any,
                         eos_id: Array) -> SpeculativeOutput:
   batch = encoder_input_tokens.shape[0]
   vocab_size = target_module.config.vocab_size
-  # A row at length T may still be scored (and ignored): T + γ + 1 positions.
-  cache_length = max_decode_len + gamma + 1
+  extra = drafters_lib.num_extra_positions(drafter)
+  # A row at length T may still be scored (and ignored): T + γ + 1 positions,
+  # plus the drafter's extra positions after them.
+  cache_length = max_decode_len + gamma + 1 + extra
   encoded = _encode(target_module, target_params, encoder_input_tokens)
   zeros = jnp.zeros((batch,), jnp.int32)
   init = _SpeculativeState(
@@ -281,6 +320,26 @@ def _speculative_decode(target_module: nn.Module, target_params: Any,
       beta_sum=jnp.zeros((batch,), jnp.float32), beta_count=zeros)
   block_index = jnp.arange(gamma + 1)[None, :]  # [1, γ+1]
 
+  def first_call(state: _SpeculativeState) -> _SpeculativeState:
+    """An iteration without drafts: score BOS (and the extra positions), emit p's token.
+
+    Drafters with extra positions draft from the logits of the previous target
+    call, which the first iteration does not have yet.
+    """
+    rng, step_rng = jax.random.split(state.rng)
+    logits, target_cache, drafter_state = _score(
+        target_module, target_params, state.target_cache, encoded, encoder_input_tokens,
+        state.sequences[:, :1], drafter, state.drafter_state)
+    token = sampling_lib.sample(step_rng, logits[:, 0], sampling)
+    sequences = state.sequences.at[:, 1].set(token)
+    lengths = jnp.ones((batch,), jnp.int32)
+    done = (token == eos_id) | (max_decode_len <= 1)
+    return state.replace(
+        sequences=sequences, lengths=lengths, done=done,
+        target_cache=cache_lib.rewind(target_cache, lengths),
+        drafter_state=drafter.accept(drafter_state, sequences, lengths), rng=rng,
+        iterations=lengths)
+
   def body(state: _SpeculativeState) -> _SpeculativeState:
     rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
     # 1. The drafter proposes γ tokens and the distributions q they came from.
@@ -289,9 +348,9 @@ def _speculative_decode(target_module: nn.Module, target_params: Any,
         draft_rng)
     # 2. The target scores all γ+1 positions in one call.
     last = drafters_lib.last_inputs(state.sequences, state.lengths)
-    logits, target_cache = cache_lib.decode_step(
+    logits, target_cache, drafter_state = _score(
         target_module, target_params, state.target_cache, encoded, encoder_input_tokens,
-        jnp.concatenate([last[:, None], draft_tokens], axis=1))
+        jnp.concatenate([last[:, None], draft_tokens], axis=1), drafter, drafter_state)
     p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
     # 3.-5. Accept a prefix of the draft, then one token from the target.
     num_accepted, next_token = verify_draft(verify_rng, p, q, draft_tokens, sampling.greedy)
@@ -325,6 +384,8 @@ def _speculative_decode(target_module: nn.Module, target_params: Any,
         beta_sum=state.beta_sum + jnp.sum(jnp.where(counted, beta, 0.0), axis=1),
         beta_count=state.beta_count + jnp.sum(counted, axis=1))
 
+  if extra:
+    init = first_call(init)
   final = jax.lax.while_loop(lambda state: ~jnp.all(state.done), body, init)
   return SpeculativeOutput(
       tokens=final.sequences[:, 1:max_decode_len + 1], lengths=final.lengths,

@@ -16,6 +16,13 @@ emitted tokens, so `sequences[b, lengths[b]]` is the last known input of row b.
 The returned probabilities must be exactly the ones the tokens were drawn
 from, over the TARGET's vocabulary (`vocab_size`): `align_logits` maps a
 draft vocabulary padded to another size onto it before sampling.
+
+A drafter may also ride along the target's scoring call (`ExtraPositionsDrafter`,
+e.g. PaSS look-ahead embeddings): the loop appends its `num_extra_positions`
+input embeddings after the scored tokens and hands their logits back through
+`observe_extra_logits`. Those positions never count as real tokens: the loop
+rewinds the target cache to the emitted length, and the causal mask keeps them
+out of the scored positions' logits.
 """
 
 from __future__ import annotations
@@ -54,6 +61,34 @@ class Drafter(Protocol):
 
   def accept(self, state: Any, sequences: Array, lengths: Array) -> Any:
     ...
+
+
+class ExtraPositionsDrafter(Drafter, Protocol):
+  """A drafter that appends input positions to the target's scoring call.
+
+  Every target call of the loop feeds `[batch, k]` real tokens followed by
+  `num_extra_positions` (static, >= 1) positions whose input embeddings are
+  `extra_embeddings(state) [batch, E, emb_dim]`; their logits
+  `[batch, E, vocab]` are passed to `observe_extra_logits(state, logits) ->
+  state` before verification. The loop's first call scores BOS alone (plus the
+  extra positions) and emits the target's token, so `propose` always finds the
+  logits of a previous call in its state.
+  """
+
+  @property
+  def num_extra_positions(self) -> int:
+    ...
+
+  def extra_embeddings(self, state: Any) -> Array:
+    ...
+
+  def observe_extra_logits(self, state: Any, logits: Array) -> Any:
+    ...
+
+
+def num_extra_positions(drafter: Drafter) -> int:
+  """How many positions `drafter` appends to the target's scoring call (0 for most drafters)."""
+  return int(getattr(drafter, 'num_extra_positions', 0))
 
 
 def check_vocab_compatible(target_vocab_size: int, draft_vocab_size: int) -> None:
