@@ -88,14 +88,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                         num_decoder_layers=12, mlp_dim=3072),
     # CPU sizes (T5 1.1 style, 8k vocabulary); `cpu_*` mirror the paper's
     # XXL-vs-small/base/large ratios as far as a 2-core machine allows.
-    'cpu_target': dict(_T5_1_1, vocab_size=8192, emb_dim=512, num_heads=8,
-                       num_encoder_layers=4, num_decoder_layers=4, head_dim=64, mlp_dim=1024),
-    'cpu_large': dict(_T5_1_1, vocab_size=8192, emb_dim=192, num_heads=3,
-                      num_encoder_layers=3, num_decoder_layers=3, head_dim=64, mlp_dim=512),
-    'cpu_base': dict(_T5_1_1, vocab_size=8192, emb_dim=128, num_heads=2,
-                     num_encoder_layers=3, num_decoder_layers=3, head_dim=64, mlp_dim=384),
-    'cpu_small': dict(_T5_1_1, vocab_size=8192, emb_dim=64, num_heads=1,
-                      num_encoder_layers=2, num_decoder_layers=2, head_dim=64, mlp_dim=256),
+    'cpu_target': dict(_T5_1_1, vocab_size=8192, emb_dim=256, num_heads=4,
+                       num_encoder_layers=4, num_decoder_layers=4, head_dim=64, mlp_dim=768),
+    'cpu_large': dict(_T5_1_1, vocab_size=8192, emb_dim=96, num_heads=2,
+                      num_encoder_layers=2, num_decoder_layers=2, head_dim=48, mlp_dim=256),
+    'cpu_base': dict(_T5_1_1, vocab_size=8192, emb_dim=64, num_heads=1,
+                     num_encoder_layers=2, num_decoder_layers=2, head_dim=64, mlp_dim=256),
+    'cpu_small': dict(_T5_1_1, vocab_size=8192, emb_dim=48, num_heads=1,
+                      num_encoder_layers=1, num_decoder_layers=1, head_dim=48, mlp_dim=192),
     # Miniature models for unit tests.
     'test_tiny': dict(_T5_1_1, vocab_size=64, emb_dim=32, num_heads=2, num_encoder_layers=2,
                       num_decoder_layers=2, head_dim=16, mlp_dim=64),

@@ -15,12 +15,17 @@ Nothing is read or downloaded at registration; data and vocabularies are opened 
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
 import tensorflow as tf
+import tqdm
 
 from specdec_t5x.data import tfds_ddtp
 from specdec_t5x.data import vocab as vocab_lib
@@ -333,13 +338,62 @@ def iter_train_batches(task_or_mixture: str, batch_size: int,
   return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+def cached_train_batches(directory: str | os.PathLike, task_or_mixture: str, batch_size: int,
+                         num_batches: int, *, progress: bool = True,
+                         **kwargs: Any) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
+  """`iter_train_batches(...)`'s first `num_batches` batches, stored once as `.npy` files.
+
+  Every model of a family trains on the same batches; producing them (seqio's
+  tokenising, packing TF pipeline) costs a small model as much CPU as its own
+  training step, and competes with it for the same cores. So they are
+  materialised once under `directory` (one `[num_batches, batch_size, length]`
+  array per feature, written atomically; a complete directory is reused) and
+  read back memory-mapped.
+
+  Returns:
+    `make_batches(start)`: an iterator over batches `start, start + 1, ...,
+    num_batches - 1`, each a dict of `[batch_size, length]` arrays.
+  """
+  directory = pathlib.Path(directory)
+  spec = {'task': task_or_mixture, 'batch_size': batch_size, 'num_batches': num_batches,
+          **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in kwargs.items()}}
+  done = directory / 'spec.json'
+  if not (done.is_file() and json.loads(done.read_text()) == spec):
+    shutil.rmtree(directory, ignore_errors=True)
+    partial = directory.with_name(directory.name + '.partial')
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    arrays: dict[str, np.lib.format.open_memmap] = {}
+    batches = iter_train_batches(task_or_mixture, batch_size, **kwargs)
+    for index in tqdm.trange(num_batches, desc=f'batches of {task_or_mixture}',
+                             disable=not progress, unit='batch'):
+      batch = next(batches)
+      for name, value in batch.items():
+        if name not in arrays:
+          arrays[name] = np.lib.format.open_memmap(
+              partial / f'{name}.npy', mode='w+', dtype=value.dtype,
+              shape=(num_batches,) + value.shape)
+        arrays[name][index] = value
+    for array in arrays.values():
+      array.flush()
+    (partial / 'spec.json').write_text(json.dumps(spec, indent=1))
+    partial.rename(directory)
+  arrays = {path.stem: np.load(path, mmap_mode='r') for path in sorted(directory.glob('*.npy'))}
+
+  def make_batches(start: int) -> Iterator[dict[str, np.ndarray]]:
+    for index in range(start, num_batches):
+      yield {name: np.asarray(array[index]) for name, array in arrays.items()}
+
+  return make_batches
+
+
 register_ddtp_tasks()
 register_paper_tasks()
 
 __all__ = [
     'CNN_DAILYMAIL', 'DDTP_ENDE', 'DDTP_MIXTURE', 'DDTP_SUMMARIZE', 'ENDE_PREFIX',
     'FEATURE_LENGTHS', 'GinConfiguredVocabulary', 'SUMMARIZE_PREFIX', 'T5_PUBLIC_VOCAB_PATH',
-    'WMT_ENDE', 'feature_lengths', 'get_eval_examples', 'iter_train_batches', 'output_features',
-    'register_ddtp_tasks', 'register_paper_tasks', 'summarize', 't5_public_vocabulary',
-    'translate',
+    'WMT_ENDE', 'cached_train_batches', 'feature_lengths', 'get_eval_examples',
+    'iter_train_batches', 'output_features', 'register_ddtp_tasks', 'register_paper_tasks',
+    'summarize', 't5_public_vocabulary', 'translate',
 ]
