@@ -1,8 +1,9 @@
 """The decode cache of `specdec_t5x.network.Transformer`: create, step, rewind.
 
 A cache is the Flax `'cache'` collection: per decoder layer the self-attention
-keys/values `[batch, length, heads, head_dim]` and the cross-attention
-keys/values of the encoder output, plus one per-row write position
+keys `[batch, heads, head_dim, length]` and values `[batch, heads, length,
+head_dim]` (heads-major, so attention reads them without transposing) and the
+cross-attention keys/values of the encoder output, plus one per-row write position
 `decoder/decode_position [batch]`. Position p holds the decoder input of step
 p (BOS at 0). Rewinding a row is setting its position: entries at or beyond it
 are never attended to and are overwritten by the next write.
@@ -59,7 +60,7 @@ def decode_position(cache: Cache) -> Array:
 
 def cache_length(cache: Cache) -> int:
   """How many positions the cache holds (static)."""
-  return cache['decoder']['layers_0']['self_attention']['cached_key'].shape[1]
+  return cache['decoder']['layers_0']['self_attention']['cached_key'].shape[-1]
 
 
 def rewind(cache: Cache, positions: Array) -> Cache:

@@ -87,6 +87,19 @@ def _encode(module: nn.Module, params: Any, encoder_input_tokens: Array) -> Arra
                       method=module.encode)
 
 
+def first_argmax(logits: Array) -> Array:
+  """`jnp.argmax(logits, -1)` as int32 (the first maximum; the first NaN if any), faster on CPU.
+
+  XLA:CPU lowers argmax to a (value, index) reduction that it does not
+  vectorise: over a batch of 8 rows of a 32k vocabulary it costs about 1.7 ms,
+  a tenth of a T5-small decoding step. A max, then the smallest index that
+  attains it, are two plain reductions that give the same index about 7x faster.
+  """
+  is_max = (logits == jnp.max(logits, axis=-1, keepdims=True)) | jnp.isnan(logits)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.min(jnp.where(is_max, index, logits.shape[-1]), axis=-1)
+
+
 def _append_at(sequences: Array, block: Array, starts: Array) -> Array:
   """Writes `block [B, k]` into `sequences [B, S]` at column `starts[b]` of each row."""
   write = lambda row, values, start: jax.lax.dynamic_update_slice_in_dim(row, values, start, 0)
@@ -153,7 +166,11 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
     last = drafters_lib.last_inputs(state.sequences, state.lengths)
     logits, cache = cache_lib.decode_step(module, params, state.cache, encoded,
                                           encoder_input_tokens, last[:, None])
-    token = jnp.where(state.done, 0, sampling_lib.sample(step_rng, logits[:, 0], sampling))
+    if sampling.greedy:
+      token = first_argmax(logits[:, 0])
+    else:
+      token = sampling_lib.sample(step_rng, logits[:, 0], sampling)
+    token = jnp.where(state.done, 0, token)
     sequences = _append_at(state.sequences, token[:, None], state.lengths + 1)
     lengths = state.lengths + (~state.done).astype(jnp.int32)
     done = state.done | (token == eos_id) | (lengths >= max_decode_len)
@@ -201,7 +218,7 @@ def verify_draft(rng: Array, target_probs: Array, draft_probs: Array, draft_toke
   pick = lambda x: jnp.take_along_axis(x, num_accepted[:, None, None], axis=1)[:, 0]
   p_next, q_next = pick(target_probs), pick(padded_q)
   if greedy:
-    return num_accepted, jnp.argmax(p_next, axis=-1).astype(jnp.int32)
+    return num_accepted, first_argmax(p_next)
   residual = jnp.maximum(p_next - q_next, 0.0)
   # p == q exactly gives an empty residual; it can only be reached when the
   # rejection had probability 0, so falling back to p keeps the law exact.

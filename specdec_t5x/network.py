@@ -17,7 +17,14 @@ What differs is the decode cache (`decode=True`):
   own offset;
 * optionally (`cache_cross_attention=True` on the call that creates the
   cache) the encoder-decoder attention keys/values are projected once per
-  request and kept in the cache instead of being recomputed at every step.
+  request and kept in the cache instead of being recomputed at every step;
+* the self-attention cache is heads-major, keys `[batch, heads, head_dim,
+  length]` and values `[batch, heads, length, head_dim]`, so a step reads it
+  without transposing it and writes its entries in place (see
+  `_cached_attention`).
+
+Decoding is bound by reading the weights; see `MATVEC_MAX_ROWS` for how the
+few rows of a decode call are multiplied on CPU.
 
 The leaf is deliberately not called `cache_index`: T5X's `cache_map` skips
 leaves of that name when it expands a batch for `num_decodes`, and a per-row
@@ -118,6 +125,27 @@ def _canonicalize_tuple(x):
   return tuple(x) if isinstance(x, Sequence) else (x,)
 
 
+# Decoding feeds a few rows per call (K query positions times the batch).
+# XLA:CPU multiplies one row by a weight matrix with a matrix-vector kernel
+# that streams the weights once, but hands 2..8 rows to a matrix-matrix
+# kernel (YNNPACK by default; Eigen, oneDNN and XNNPACK behave alike) that
+# first repacks the whole weight matrix, so in a decoder bound by reading its
+# weights 2 rows cost about 2x one row. Up to `MATVEC_MAX_ROWS` rows, one
+# matrix-vector product per row is cheaper: the re-reads of a kernel that fits
+# in the CPU's caches (`MATVEC_MAX_KERNEL_BYTES`) mostly hit them. It also
+# gives every row the bits of a one-row call. Measured in
+# results/scoring_cost.md; attention over the cache, with no weights to
+# repack but the same kernels, gains up to `ATTENTION_MATVEC_MAX_QUERIES`.
+MATVEC_MAX_ROWS = 4
+MATVEC_MAX_KERNEL_BYTES = 16 << 20
+ATTENTION_MATVEC_MAX_QUERIES = 8
+
+
+def _rowwise_matmul(x: Array, kernel: Array) -> Array:
+  """`x [rows, in] @ kernel [in, out]` as one matrix-vector product per row."""
+  return jnp.stack([x[row] @ kernel for row in range(x.shape[0])])
+
+
 class DenseGeneral(nn.Module):
   """A bias-free linear map over `axis`, kernel stored flattened to 2D like T5X."""
 
@@ -137,7 +165,14 @@ class DenseGeneral(nn.Module):
                           int(np.prod(features)))
     kernel = param_with_axes('kernel', self.kernel_init, kernel_param_shape, jnp.float32,
                              axes=self.kernel_axes)
-    kernel = jnp.reshape(jnp.asarray(kernel, self.dtype), kernel_shape)
+    kernel = jnp.asarray(kernel, self.dtype)
+    batch_shape = tuple(inputs.shape[ax] for ax in range(inputs.ndim) if ax not in axis)
+    rows = int(np.prod(batch_shape))
+    few_rows = 1 < rows <= MATVEC_MAX_ROWS and kernel.nbytes <= MATVEC_MAX_KERNEL_BYTES
+    if few_rows and axis == tuple(range(len(batch_shape), inputs.ndim)):
+      flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
+      return jnp.reshape(_rowwise_matmul(flat, kernel), batch_shape + features)
+    kernel = jnp.reshape(kernel, kernel_shape)
     contract = tuple(range(len(axis)))
     return lax.dot_general(inputs, kernel, ((axis, contract), ((), ())))
 
@@ -277,16 +312,110 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | 
     query = query.astype(jnp.float32)
     key = key.astype(jnp.float32)
   weights = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  weights = _attention_weights(weights, bias, dropout_rng, dropout_rate, deterministic, dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+def _attention_weights(logits: Array, bias: Array | None, dropout_rng: Array | None,
+                       dropout_rate: float, deterministic: bool, dtype: Any) -> Array:
+  """Softmax of `logits + bias` `[b, h, q, k]` over k, with T5X's attention dropout."""
   if bias is not None:
-    weights = weights + bias.astype(weights.dtype)
-  weights = jax.nn.softmax(weights).astype(dtype)
+    logits = logits + bias.astype(logits.dtype)
+  weights = jax.nn.softmax(logits).astype(dtype)
   if not deterministic and dropout_rate > 0.0:
     keep_prob = 1.0 - dropout_rate
     shape = list(weights.shape)
     shape[-2] = 1
     keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
     weights = weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype))
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  return weights
+
+
+def _matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
+  """`einsum(spec)` run as one batched matrix-vector product per index of `lhs`'s `axis`.
+
+  `spec` is the product of one slice (`lhs` without `axis`); the results are
+  stacked back at `axis`. Each product reads `rhs` in place (see
+  `MATVEC_MAX_ROWS` for why a few of them beat one small matrix product).
+  """
+  return jnp.stack([jnp.einsum(spec, jnp.take(lhs, i, axis=axis), rhs)
+                    for i in range(lhs.shape[axis])], axis=axis)
+
+
+def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
+                      block_key: Array, block_value: Array, block_bias: Array,
+                      dropout_rng: Array | None = None, dropout_rate: float = 0.0,
+                      deterministic: bool = True, dtype: Any = jnp.float32,
+                      float32_logits: bool = False) -> Array:
+  """Attention of q new positions over the cache as it was before them, and over themselves.
+
+  Reading the cache as it was (the entries at and after each row's write
+  position masked out by `bias`) and the q new keys/values directly, instead
+  of the cache after writing them, lets XLA write the new entries in place
+  once the cache has been read. The softmax runs over both parts at once, so
+  the result is that of attending over the written cache.
+
+  Args:
+    query: `[b, q, h, d]`.
+    key: the cache's `[b, h, d, length]`; value: `[b, h, length, d]`. In
+      these heads-major layouts both products read the cache in place; with
+      T5X's `[b, length, h, d]` XLA transposes the whole cache on every call.
+    bias: `[b, h, q, length]` (or broadcastable): relative position bias and
+      the mask of positions not (yet) written for the row.
+    block_key: `[b, h, d, q]`; block_value: `[b, h, q, d]`: the new entries.
+    block_bias: `[b, h, q, q]` (or broadcastable): relative position bias and
+      causal mask among the new positions.
+
+  Returns:
+    `[b, q, h, d]`.
+  """
+  if float32_logits:
+    query = query.astype(jnp.float32)
+    key = key.astype(jnp.float32)
+    block_key = block_key.astype(jnp.float32)
+  few = query.shape[1] <= ATTENTION_MATVEC_MAX_QUERIES
+  if few:
+    cache_logits = _matvecs('bhd,bhdk->bhk', jnp.swapaxes(query, 1, 2), key, axis=2)
+  else:
+    cache_logits = jnp.einsum('bqhd,bhdk->bhqk', query, key)
+  block_logits = jnp.einsum('bqhd,bhdk->bhqk', query, block_key)
+  logits = jnp.concatenate([cache_logits, block_logits], axis=-1)
+  leading = jnp.broadcast_shapes(bias.shape[:-1], block_bias.shape[:-1])
+  bias = jnp.concatenate([jnp.broadcast_to(bias, leading + bias.shape[-1:]),
+                          jnp.broadcast_to(block_bias, leading + block_bias.shape[-1:])], -1)
+  weights = _attention_weights(logits, bias, dropout_rng, dropout_rate, deterministic, dtype)
+  length = key.shape[-1]
+  cache_weights, block_weights = weights[..., :length], weights[..., length:]
+  if few:
+    from_cache = _matvecs('bhk,bhkd->bhd', cache_weights, value, axis=2)
+  else:
+    from_cache = jnp.einsum('bhqk,bhkd->bhqd', cache_weights, value)
+  from_block = jnp.einsum('bhqk,bhkd->bhqd', block_weights, block_value)
+  return jnp.swapaxes(from_cache + from_block, 1, 2)
+
+
+# Up to this many rows `_write_rows` unrolls its per-row writes; beyond, it
+# loops, so that the program's size does not grow with the batch.
+WRITE_ROWS_MAX_UNROLLED = 16
+
+
+def _write_rows(cache: Array, update: Array, starts: Array, axis: int) -> Array:
+  """Writes `update` into `cache` (both `[batch, ...]`) at `starts[b]` along `axis` of row b.
+
+  One in-place `dynamic_update_slice` per row: a vmapped one becomes a scatter
+  that XLA:CPU lowers to a select over, and copies of, the whole cache.
+  """
+  def write(row: Array | int, cache: Array) -> Array:
+    index = [jnp.zeros((), jnp.int32)] * cache.ndim
+    index[0], index[axis] = jnp.asarray(row, jnp.int32), starts[row]
+    row_update = lax.dynamic_slice_in_dim(update, row, 1, axis=0)
+    return lax.dynamic_update_slice(cache, row_update, index)
+
+  if cache.shape[0] > WRITE_ROWS_MAX_UNROLLED:
+    return lax.fori_loop(0, cache.shape[0], write, cache)
+  for row in range(cache.shape[0]):
+    cache = write(row, cache)
+  return cache
 
 
 def _mask_to_bias(mask: Array | None, dtype: Any) -> Array | None:
@@ -323,16 +452,55 @@ class MultiHeadDotProductAttention(nn.Module):
                          kernel_init=init, name=name)
     return with_sharding_constraint(dense(inputs), ('batch', 'length', 'heads', 'kv'))
 
+  def _attend_cache_then_write(self, query: Array, key: Array, value: Array,
+                               mask: Array | None, bias: Array | None, block_bias: Array | None,
+                               decode_positions: Array, dropout_rng: Array | None,
+                               deterministic: bool) -> Array:
+    """Attends over the cache and this call's keys/values, then writes those into the cache.
+
+    Args:
+      query: `[b, q, h, d]`; key: `[b, h, d, q]`; value: `[b, h, q, d]`.
+      mask: optional `[b, 1, q, length]` mask over the cache positions.
+      bias, block_bias: relative position biases over the cache positions
+        `[b, h, q, length]` and among the new positions `[b, h, q, q]`.
+      decode_positions: `[b, q]`, consecutive from each row's write position.
+    """
+    cached_key = self.variable('cache', 'cached_key')
+    cached_value = self.variable('cache', 'cached_value')
+    start = decode_positions[:, 0]
+    length, num_queries = cached_key.value.shape[-1], query.shape[1]
+    # Cache entries at or after the write position are stale (or rewound).
+    written = jnp.arange(length)[None, :] < start[:, None]
+    cache_mask = combine_masks(mask, written[:, None, None, :])
+    causal = jnp.arange(num_queries)[None, :] <= jnp.arange(num_queries)[:, None]
+    x = _cached_attention(
+        query, cached_key.value, cached_value.value,
+        _combine_biases(_mask_to_bias(cache_mask, self.dtype), bias), key, value,
+        _combine_biases(_mask_to_bias(causal[None, None], self.dtype), block_bias),
+        dropout_rng=dropout_rng, dropout_rate=self.dropout_rate, deterministic=deterministic,
+        dtype=self.dtype, float32_logits=self.float32_logits)
+    # A zero that depends on the attention: it orders the writes after the
+    # reads of the cache, which lets XLA write in place instead of copying the
+    # cache (a barrier does not survive to buffer assignment; XLA does not
+    # fold x * 0.0 because of NaN/inf).
+    after_reads = 0.0 * x[(0,) * x.ndim].astype(key.dtype)
+    cached_key.value = _write_rows(cached_key.value, key + after_reads, start, axis=3)
+    cached_value.value = _write_rows(cached_value.value, value + after_reads, start, axis=2)
+    return x
+
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None = None,
                bias: Array | None = None, *, decode_positions: Array | None = None,
-               cache_mode: str = 'none', fill_cross_cache: bool = False,
-               deterministic: bool = False) -> Array:
+               block_bias: Array | None = None, cache_mode: str = 'none',
+               fill_cross_cache: bool = False, deterministic: bool = False) -> Array:
     """Attends `inputs_q [b, q, e]` over `inputs_kv [b, k, e]` (or the cache).
 
     Args:
       decode_positions: `[b, q]` absolute positions of the queries, for
         `cache_mode='self'` once the cache exists.
+      block_bias: `[b, h, q, q]` relative position bias among the q queries,
+        for `cache_mode='self'` once the cache exists (`bias` then covers the
+        cache positions).
     """
     depth_scaling = jnp.sqrt(self.head_dim).astype(self.dtype)
     query_init = lambda *args: self.kernel_init(*args) / depth_scaling
@@ -349,27 +517,25 @@ class MultiHeadDotProductAttention(nn.Module):
         self.variable('cache', 'cached_cross_key', lambda: key)
         self.variable('cache', 'cached_cross_value', lambda: value)
 
-    if cache_mode == 'self':
-      initialized = self.has_variable('cache', 'cached_key')
-      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
-      if initialized:
-        start = decode_positions[:, 0]
-        write = jax.vmap(lambda c, u, s: lax.dynamic_update_slice_in_dim(c, u, s, axis=0))
-        key = write(cached_key.value, key, start)
-        value = write(cached_value.value, value, start)
-        cached_key.value = key
-        cached_value.value = value
+    dropout_rng = (self.make_rng('dropout')
+                   if not deterministic and self.dropout_rate > 0.0 else None)
+    if cache_mode == 'self' and self.has_variable('cache', 'cached_key'):
+      # Heads-major (see `_cached_attention`): keys [b, h, d, q], values [b, h, q, d].
+      x = self._attend_cache_then_write(
+          query, jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 1, 3)), mask,
+          bias, block_bias, decode_positions, dropout_rng, deterministic)
+    else:
+      if cache_mode == 'self':
+        # The call that creates the cache (over dummy tokens, its output unused).
         length = key.shape[1]
-        visible = jnp.arange(length)[None, None, :] <= decode_positions[:, :, None]
-        mask = combine_masks(mask, visible[:, None, :, :])
-
-    x = dot_product_attention(
-        query, key, value, bias=_combine_biases(_mask_to_bias(mask, self.dtype), bias),
-        dropout_rng=(self.make_rng('dropout')
-                     if not deterministic and self.dropout_rate > 0.0 else None),
-        dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
-        float32_logits=self.float32_logits)
+        self.variable('cache', 'cached_key', jnp.zeros,
+                      (key.shape[0], self.num_heads, self.head_dim, length), key.dtype)
+        self.variable('cache', 'cached_value', jnp.zeros,
+                      (value.shape[0], self.num_heads, length, self.head_dim), value.dtype)
+      x = dot_product_attention(
+          query, key, value, bias=_combine_biases(_mask_to_bias(mask, self.dtype), bias),
+          dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+          deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits)
     return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
                         kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(x)
 
@@ -451,12 +617,14 @@ class DecoderLayer(nn.Module):
   def __call__(self, inputs: Array, encoded: Array, decoder_mask: Array | None,
                decoder_bias: Array, encoder_decoder_mask: Array | None,
                deterministic: bool = False, decode: bool = False,
-               decode_positions: Array | None = None, fill_cross_cache: bool = False) -> Array:
+               decode_positions: Array | None = None, fill_cross_cache: bool = False,
+               block_bias: Array | None = None) -> Array:
     cfg = self.config
     x = LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, 'self_attention')(
         x, x, decoder_mask, decoder_bias, decode_positions=decode_positions,
-        cache_mode='self' if decode else 'none', deterministic=deterministic)
+        block_bias=block_bias, cache_mode='self' if decode else 'none',
+        deterministic=deterministic)
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
     y = LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, 'encoder_decoder_attention')(
@@ -508,14 +676,17 @@ class Decoder(nn.Module):
     relpos = _relpos(cfg)
 
     query_positions = None
+    block_bias = None
     if decode:
       initialized = self.has_variable('cache', 'decode_position')
       position = self.variable('cache', 'decode_position', jnp.zeros, (batch,), jnp.int32)
       if initialized:
         query_positions = position.value[:, None] + jnp.arange(num_queries)[None, :]
         position.value = position.value + num_queries
-        # Static cache length: [batch, length, heads, head_dim] of the first layer.
-        key_length = self.variables['cache']['layers_0']['self_attention']['cached_key'].shape[1]
+        # Among the new positions the bias depends only on their offsets in the block.
+        block_bias = relpos(jnp.arange(num_queries)[None, :], num_queries, bidirectional=False)
+        # Static cache length: the last axis of the first layer's [b, h, d, length] keys.
+        key_length = self.variables['cache']['layers_0']['self_attention']['cached_key'].shape[3]
     # Without a cache (or on the call that creates it) the keys are the inputs.
     if query_positions is None:
       key_length = num_queries
@@ -532,7 +703,7 @@ class Decoder(nn.Module):
           y, encoded, decoder_mask, decoder_bias, encoder_decoder_mask,
           deterministic=deterministic, decode=decode,
           decode_positions=query_positions if decode else None,
-          fill_cross_cache=fill_cross_cache)
+          fill_cross_cache=fill_cross_cache, block_bias=block_bias)
     y = LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
 
