@@ -11,14 +11,19 @@
 #   2. data     scripts/build_data.py: Debian's DDTP Translation-en/-de lists -> TFDS + vocabulary
 #               in $SPECDEC_CACHE_DIR (default ~/.cache/specdec_t5x). Fetching the lists uses apt
 #               and needs root; without root, pass --translations-dir with fetched lists;
-#   3. train    scripts/train_family.py --family F (about an hour on 2 cores for `default`,
+#   3. train    scripts/train_family.py --family F (about 75 min on 2 idle cores for `default`,
 #               a couple of minutes for `miniature`; resumable, cached);
 #   4. evaluate scripts/evaluate_family.py --family F -> results/models.md, results/models.json
-#               (results/models.miniature.* for the miniature family).
+#               (results/models.miniature.* for the miniature family);
+#   5. cheap    drafts without a draft model: unigram/bigram counts (scripts/build_ngram_drafters.py)
+#               and PaSS look-ahead embeddings for the target (scripts/train_pass.py), then their
+#               alpha and speed (scripts/measure_cheap_drafts.py -> results/cheap_drafts.md;
+#               default family only);
+#   6. sweep    scripts/sweep.py --config configs/sweep_F.json -> results/table2.md, ... (below).
 set -euo pipefail
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 family=default
@@ -44,7 +49,7 @@ export JAX_PLATFORMS=cpu
 python="$repo/.venv/bin/python"
 started=$SECONDS
 
-echo "== [1/4] environment: $repo/.venv"
+echo "== [1/6] environment: $repo/.venv"
 if [[ ! -x "$python" ]]; then
   python3 -m venv .venv
 fi
@@ -58,7 +63,7 @@ else
   echo "   installed already (setup.py and constraints.txt unchanged)"
 fi
 
-echo "== [2/4] data: scripts/build_data.py"
+echo "== [2/6] data: scripts/build_data.py"
 data_args=()
 if [[ -n "$translations_dir" ]]; then
   data_args+=(--translations-dir "$translations_dir")
@@ -79,11 +84,20 @@ EOF
   exit 1
 fi
 
-echo "== [3/4] train: scripts/train_family.py --family $family"
+echo "== [3/6] train: scripts/train_family.py --family $family"
 "$python" scripts/train_family.py --family "$family"
 
-echo "== [4/4] evaluate: scripts/evaluate_family.py --family $family"
+echo "== [4/6] evaluate: scripts/evaluate_family.py --family $family"
 "$python" scripts/evaluate_family.py --family "$family"
+
+if [[ "$family" == default ]]; then
+  echo "== [5/6] cheap drafts: n-gram counts, PaSS look-ahead embeddings, their alpha and speed"
+  "$python" scripts/build_ngram_drafters.py
+  "$python" scripts/train_pass.py --family "$family" --num-lookahead 6
+  "$python" scripts/measure_cheap_drafts.py --family "$family"
+else
+  echo "== [5/6] cheap drafts: skipped (the miniature sweep uses model drafts only)"
+fi
 
 # ---- sweep (issue 8): speculative vs autoregressive, alpha / gamma / speed with theory ----------
 # scripts/sweep.py runs configs/sweep_<family>.json: per (task, draft, temperature, gamma) cell the
@@ -93,8 +107,8 @@ echo "== [4/4] evaluate: scripts/evaluate_family.py --family $family"
 # measures what is missing. Unigram/bigram counts and PaSS embeddings are used when built (their
 # cells are skipped, and listed as such, otherwise). Writes results/table2.md, table3.md,
 # peer_hf.md, projection_tpu.md, sweep.json and *.png (results/miniature/ for the miniature
-# family). About 1.5-2 h for the default family on 2 cores, a few minutes for the miniature one.
-echo "== [sweep] scripts/sweep.py --config configs/sweep_$family.json"
+# family). About 1-1.5 h for the default family on 2 cores, a few minutes for the miniature one.
+echo "== [6/6] sweep: scripts/sweep.py --config configs/sweep_$family.json"
 "$python" scripts/sweep.py --config "configs/sweep_$family.json"
 # ---- end of the sweep step ----------------------------------------------------------------------
 
