@@ -42,7 +42,6 @@ import datetime
 import json
 import os
 import pathlib
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -529,16 +528,6 @@ def write_markdown(path: pathlib.Path, report: Mapping[str, Any]) -> None:
   path.write_text('\n\n'.join(paragraphs) + '\n', encoding='utf-8')
 
 
-def reproducing_command() -> str:
-  """This run's command line with its interpreter (which decides whether t5x is there)."""
-  root = str(paths.repo_root())
-  python = (os.path.relpath(sys.executable, root) if sys.executable.startswith(root)
-            else sys.executable)
-  platforms = os.environ.get('JAX_PLATFORMS')
-  prefix = f'JAX_PLATFORMS={platforms} ' if platforms else ''
-  return prefix + shlex.join([python] + sys.argv)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   started = time.time()
@@ -575,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"tokens {'identical' if row['tokens_vs_ours']['identical'] else 'DIFFER'}",
               flush=True)
   report = {
-      'command': reproducing_command(),
+      'command': bench_scoring_cost.reproducing_command(keep_interpreter=True),
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'duration_s': time.time() - started,
       'machine': bench_scoring_cost.machine_facts(),

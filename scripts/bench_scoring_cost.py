@@ -341,11 +341,15 @@ def write_plot(path: pathlib.Path, results: list[dict[str, Any]]) -> None:
   plt.close(figure)
 
 
-def reproducing_command() -> str:
-  """This run's command line, relative to the repository, with JAX_PLATFORMS if set."""
+def reproducing_command(keep_interpreter: bool = False) -> str:
+  """This run's command line, relative to the repository, with JAX_PLATFORMS if set.
+
+  An interpreter outside the repository is written as `python`, or as its full path with
+  `keep_interpreter` (when which Python ran decides the result, e.g. whether t5x is there).
+  """
   root = str(paths.repo_root())
   python = (os.path.relpath(sys.executable, root) if sys.executable.startswith(root)
-            else 'python')
+            else sys.executable if keep_interpreter else 'python')
   platforms = os.environ.get('JAX_PLATFORMS')
   prefix = f'JAX_PLATFORMS={platforms} ' if platforms else ''
   return prefix + shlex.join([python] + sys.argv)
