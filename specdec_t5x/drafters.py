@@ -27,10 +27,13 @@ out of the scored positions' logits.
 
 from __future__ import annotations
 
+import os
+import pathlib
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import struct
 
@@ -89,6 +92,34 @@ class ExtraPositionsDrafter(Drafter, Protocol):
 def num_extra_positions(drafter: Drafter) -> int:
   """How many positions `drafter` appends to the target's scoring call (0 for most drafters)."""
   return int(getattr(drafter, 'num_extra_positions', 0))
+
+
+def read_drafter_file(path: str | os.PathLike, file_format: str, what: str,
+                      article: str = 'a') -> dict[str, Any]:
+  """The arrays of a drafter's `.npz` file, checked to carry `format == file_format`.
+
+  Args:
+    path: the file.
+    file_format: the `format` entry the file must have.
+    what: what the file is, for error messages (e.g. `'n-gram counts file'`).
+    article: `what`'s indefinite article (`'an'` for `'n-gram ...'`).
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: unreadable, or not a `file_format` file.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{what} not found: {path}')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      contents = {key: data[key] for key in data.files}
+  except (OSError, ValueError) as err:
+    raise ValueError(f'cannot read {what} {path}: {err}') from err
+  if str(contents.get('format', '')) != file_format:
+    raise ValueError(f'{path} is not {article} {what} of specdec_t5x '
+                     f'(expected format {file_format!r})')
+  return contents
 
 
 def check_vocab_compatible(target_vocab_size: int, draft_vocab_size: int) -> None:

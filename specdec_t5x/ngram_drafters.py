@@ -175,17 +175,8 @@ def load_counts(path: str | os.PathLike, vocab_size: int | None = None) -> Ngram
     FileNotFoundError: no file at `path`.
     ValueError: not an n-gram counts file, or counted for another vocabulary.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'n-gram counts file not found: {path}')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      contents = {key: data[key] for key in data.files}
-  except (OSError, ValueError) as err:
-    raise ValueError(f'cannot read n-gram counts file {path}: {err}') from err
-  if str(contents.get('format', '')) != _FILE_FORMAT:
-    raise ValueError(f'{path} is not an n-gram counts file of specdec_t5x '
-                     f'(expected format {_FILE_FORMAT!r})')
+  contents = drafters_lib.read_drafter_file(path, _FILE_FORMAT, 'n-gram counts file',
+                                             article='an')
   stored = int(contents['vocab_size'])
   if vocab_size is not None:
     try:

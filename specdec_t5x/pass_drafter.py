@@ -344,17 +344,7 @@ def save_lookahead(path: str | os.PathLike, lookahead: Any, config: Any, fingerp
 
 def read_lookahead_file(path: str | os.PathLike) -> dict[str, Any]:
   """The contents of a `save_lookahead` file (`lookahead`, shapes, fingerprint, `info` dict)."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'PaSS look-ahead file not found: {path}')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      contents = {key: data[key] for key in data.files}
-  except (OSError, ValueError) as err:
-    raise ValueError(f'cannot read PaSS look-ahead file {path}: {err}') from err
-  if str(contents.get('format', '')) != _FILE_FORMAT:
-    raise ValueError(f'{path} is not a PaSS look-ahead file of specdec_t5x '
-                     f'(expected format {_FILE_FORMAT!r})')
+  contents = drafters_lib.read_drafter_file(path, _FILE_FORMAT, 'PaSS look-ahead file')
   contents['info'] = json.loads(str(contents['info']))
   contents['target_fingerprint'] = str(contents['target_fingerprint'])
   return contents
