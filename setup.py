@@ -9,6 +9,10 @@ RUNTIME = [
     "numpy>=1.24",
     "gin-config>=0.5",
     "tqdm>=4.60",
+    # T5X checkpoints (flax brings them too; named because checkpoints.py imports them).
+    "orbax-checkpoint",
+    "tensorstore",
+    "etils[epath]",
 ]
 
 EXTRAS = {

@@ -15,7 +15,7 @@ SAME weights and inputs, greedy, batch 1 and 8 by default:
   speculative   our `decoding.speculative_decode` with a `drafters.ModelDrafter`.
 
 Models: the T5 1.1-small shape (`--preset`) with random weights (queries scaled as T5X
-initialises them, see `t5x_scaled_queries`), EOS banned (the EOS column of
+initialises them, see `bench_scoring_cost.random_params`), EOS banned (the EOS column of
 `logits_dense` is zeroed, identically for every backend, so every run decodes the full length),
 with a smaller random draft (`--draft-preset`, which accepts almost nothing: the worst case of
 speculation); and with `--family`, every size of the trained family whose checkpoints exist
@@ -139,32 +139,15 @@ def ban_eos(params: Mapping[str, Any], eos_id: int = EOS_ID) -> dict[str, Any]:
   return dict(params, decoder=decoder)
 
 
-def t5x_scaled_queries(params: Mapping[str, Any], head_dim: int) -> Any:
-  """`params` with every attention query kernel divided by sqrt(head_dim), as T5X initialises it.
-
-  `bench_scoring_cost.random_params` draws every kernel with std 1/sqrt(fan_in); T5 does not
-  scale q·k, so without T5X's query scaling the attention logits are sqrt(head_dim) times too
-  large, the softmaxes nearly one-hot, and the float rounding that differs between XLA and
-  PyTorch is amplified until near-tied greedy choices flip. With T5X's scaling the random
-  model is as well conditioned as a freshly initialised T5X one.
-  """
-  def scale(path, leaf):
-    names = [getattr(key, 'key', str(key)) for key in path]
-    return leaf / np.sqrt(head_dim) if 'query' in names else leaf
-
-  return jax.tree_util.tree_map_with_path(scale, params)
-
-
 def random_model(args: argparse.Namespace) -> Model:
   """The random-weights model of `--preset` and its random `--draft-preset` draft."""
   config = network.config_from_preset(args.preset)
   draft_config = network.config_from_preset(args.draft_preset, vocab_size=config.vocab_size)
   batch = max(args.batches)
-  params = ban_eos(t5x_scaled_queries(bench_scoring_cost.random_params(
-      network.Transformer(config), 1, args.encoder_length, args.seed), config.head_dim))
-  draft_params = ban_eos(t5x_scaled_queries(bench_scoring_cost.random_params(
-      network.Transformer(draft_config), 1, args.encoder_length, args.seed + 1),
-      draft_config.head_dim))
+  params = ban_eos(bench_scoring_cost.random_params(
+      network.Transformer(config), 1, args.encoder_length, args.seed))
+  draft_params = ban_eos(bench_scoring_cost.random_params(
+      network.Transformer(draft_config), 1, args.encoder_length, args.seed + 1))
   rng = np.random.default_rng(args.seed)
   inputs = rng.integers(2, config.vocab_size, (batch, args.encoder_length)).astype(np.int32)
   return Model(name=f'{args.preset} (random weights)', config=config, params=params,

@@ -125,20 +125,26 @@ def machine_facts() -> dict[str, Any]:
 def random_params(module: Transformer, batch: int, encoder_length: int, seed: int) -> Any:
   """fp32 weights drawn i.i.d. normal with std 1/sqrt(fan_in), norms' scales at 1.
 
-  Timing does not depend on the values; `module.init`'s truncated normal is
-  avoided because it takes half a minute for a 32k-vocabulary model on a CPU.
+  Query kernels are further divided by sqrt(head_dim), as T5X initialises them: T5 does not
+  scale q·k, so without it the attention logits are sqrt(head_dim) times too large and the
+  softmaxes nearly one-hot, and the rounding that differs between XLA and PyTorch flips
+  near-tied greedy choices (bench_baselines compares tokens across them). Timing does not
+  depend on the values; `module.init`'s truncated normal is avoided because it takes half a
+  minute for a 32k-vocabulary model on a CPU.
   """
   tokens = jnp.ones((batch, encoder_length), jnp.int32)
   shapes = jax.eval_shape(
       lambda: module.init(jax.random.PRNGKey(0), tokens, tokens[:, :1], tokens[:, :1],
                           enable_dropout=False))['params']
   rng = np.random.default_rng(seed)
+  query_scale = 1.0 / np.sqrt(module.config.head_dim)
 
   def draw(path, leaf):
-    if path[-1].key == 'scale':
+    names = [getattr(key, 'key', str(key)) for key in path]
+    if names[-1] == 'scale':
       return jnp.ones(leaf.shape, jnp.float32)
-    weights = rng.standard_normal(leaf.shape, dtype=np.float32) / np.sqrt(leaf.shape[0])
-    return jnp.asarray(weights)
+    std = 1.0 / np.sqrt(leaf.shape[0]) * (query_scale if 'query' in names else 1.0)
+    return jnp.asarray(rng.standard_normal(leaf.shape, dtype=np.float32) * np.float32(std))
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
 

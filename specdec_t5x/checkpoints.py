@@ -61,11 +61,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+from etils import epath
 from flax import serialization, traverse_util
 
 from specdec_t5x.network import T5Config, Transformer
 
 PyTree = Any
+# A local path, or a URL such as gs://bucket/dir that `etils.epath` opens (T5's public
+# checkpoints and most T5X model directories on a TPU VM live on GCS).
+Path = pathlib.Path | epath.Path
 
 STEP_DIR_PREFIX = 'checkpoint'
 STATE_ITEM = 'state'
@@ -80,13 +84,23 @@ _TS_SPEC_KEYS = frozenset({'driver', 'kvstore', 'metadata'})
 # ------------------------------------------------------------------------------
 
 
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` names a remote file system (`gs://...`) rather than a local path."""
+  return '://' in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> Path:
+  """`path` as a `pathlib.Path`, or as an `etils.epath.Path` if it is a URL."""
+  return epath.Path(path) if is_url(path) else pathlib.Path(path)
+
+
 def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
   """Steps of the finished `checkpoint_<step>` directories in `model_dir`, ascending.
 
   Temporary directories of an interrupted save (`checkpoint_5.orbax-checkpoint-
   tmp-*`, `checkpoint_5.tmp-*`) do not match and are ignored.
   """
-  model_dir = pathlib.Path(model_dir)
+  model_dir = as_path(model_dir)
   if not model_dir.is_dir():
     return []
   steps = []
@@ -97,12 +111,12 @@ def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
   return sorted(steps)
 
 
-def step_dir(model_dir: str | os.PathLike, step: int) -> pathlib.Path:
+def step_dir(model_dir: str | os.PathLike, step: int) -> Path:
   """`<model_dir>/checkpoint_<step>`, the directory T5X uses for a step."""
-  return pathlib.Path(model_dir) / f'{STEP_DIR_PREFIX}_{int(step)}'
+  return as_path(model_dir) / f'{STEP_DIR_PREFIX}_{int(step)}'
 
 
-def _locate(path: pathlib.Path) -> tuple[str, pathlib.Path]:
+def _locate(path: Path) -> tuple[str, Path]:
   """Returns `('orbax', state_dir)` or `('legacy', msgpack_file)` for `path`.
 
   `path` may be the msgpack file, a `state/` directory, a step directory or
@@ -154,6 +168,9 @@ def save_t5x_checkpoint(params: PyTree, directory: str | os.PathLike, step: int,
   if not isinstance(params, Mapping) or not params:
     raise ValueError('params must be a non-empty mapping (the network\'s "params" tree), '
                      f'got {type(params).__name__}')
+  if is_url(directory):
+    raise ValueError(f'save_t5x_checkpoint writes to a local directory, got {directory}; '
+                     'copy the result to its bucket afterwards (gcloud storage cp -r)')
   target = step_dir(directory, step).absolute()
   if target.exists():
     if not overwrite:
@@ -191,7 +208,7 @@ def load_t5x_params(path: str | os.PathLike, config: T5Config | None = None, *,
   Args:
     path: a `checkpoint_<step>` directory, the model directory above it (the
       latest step is taken), an Orbax `state/` directory or a legacy msgpack
-      `checkpoint` file.
+      `checkpoint` file; local, or a URL `etils.epath` opens (`gs://...`).
     config: if given, the tree must have exactly the parameters and shapes of
       `Transformer(config)`; a `ValueError` names the first one that differs.
     dtype: floating-point leaves are cast to this dtype (None keeps the dtype
@@ -204,7 +221,7 @@ def load_t5x_params(path: str | os.PathLike, config: T5Config | None = None, *,
     FileNotFoundError: `path` does not exist or holds no T5X checkpoint.
     ValueError: the checkpoint cannot be read, or does not fit `config`.
   """
-  kind, location = _locate(pathlib.Path(path))
+  kind, location = _locate(as_path(path))
   params = _read_orbax_target(location) if kind == 'orbax' else _read_legacy_target(location)
   if dtype is not None:
     params = jax.tree.map(
@@ -214,7 +231,7 @@ def load_t5x_params(path: str | os.PathLike, config: T5Config | None = None, *,
   return params
 
 
-def _read_orbax_target(state_dir: pathlib.Path) -> dict[str, Any]:
+def _read_orbax_target(state_dir: Path) -> dict[str, Any]:
   handler = ocp.PyTreeCheckpointHandler(use_ocdbt=True)
   try:
     tree = handler.metadata(state_dir).tree
@@ -233,7 +250,7 @@ def _read_orbax_target(state_dir: pathlib.Path) -> dict[str, Any]:
   return _unfreeze(restored['target'])
 
 
-def _read_legacy_target(msgpack_file: pathlib.Path) -> dict[str, Any]:
+def _read_legacy_target(msgpack_file: Path) -> dict[str, Any]:
   try:
     contents = serialization.msgpack_restore(msgpack_file.read_bytes())
   except Exception as err:  # msgpack raises several unrelated exception types
@@ -266,19 +283,32 @@ def _is_ts_spec(value: Any) -> bool:
   return isinstance(value, Mapping) and _TS_SPEC_KEYS <= set(value)
 
 
-def _open_tensorstore(spec: Mapping[str, Any], ckpt_dir: pathlib.Path, name: str) -> Any:
+def tensorstore_kvstore(directory: str | os.PathLike) -> dict[str, str]:
+  """The TensorStore key-value store of `directory`: `file`, or `gcs` for gs://bucket/path."""
+  directory = os.fspath(directory).rstrip('/') + '/'
+  if directory.startswith('gs://'):
+    bucket, _, prefix = directory[len('gs://'):].partition('/')
+    return {'driver': 'gcs', 'bucket': bucket, 'path': prefix}
+  if is_url(directory):
+    raise ValueError(f'legacy T5X checkpoints can be read from local paths and gs:// only, '
+                     f'got {directory}')
+  return {'driver': 'file', 'path': directory}
+
+
+def _open_tensorstore(spec: Mapping[str, Any], ckpt_dir: Path, name: str) -> Any:
   """Opens (asynchronously) a legacy array whose spec path is relative to `ckpt_dir`."""
   spec = dict(spec)
   kvstore = dict(spec['kvstore'])
   # tensorstore >= 0.1.14 keeps the path in the kvstore, older specs at the top
-  # level; checkpoints written to GCS name a dummy bucket. Either way the path
-  # is relative to the step directory, so read it from the local copy.
+  # level; checkpoints written to GCS name the bucket they were written to, which
+  # may since have been copied elsewhere. Either way the path is relative to the
+  # step directory, so read it from where the checkpoint is now.
   relative = kvstore.get('path') or spec.pop('path', None)
   if not relative:
     raise ValueError(f'legacy T5X checkpoint {ckpt_dir}: no path in the TensorStore spec of '
                      f'{name!r}: {spec}')
   spec.pop('path', None)
-  spec['kvstore'] = {'driver': 'file', 'path': str(ckpt_dir / relative).rstrip('/') + '/'}
+  spec['kvstore'] = tensorstore_kvstore(ckpt_dir / relative)
   # Chunking and compression are read from the stored .zarray (as T5X does).
   spec['metadata'] = {k: v for k, v in spec['metadata'].items()
                       if k not in ('chunks', 'compressor')}
@@ -325,4 +355,5 @@ def check_params_fit_config(params: PyTree, config: T5Config) -> None:
 
 
 __all__ = ['save_t5x_checkpoint', 'load_t5x_params', 'checkpoint_steps', 'step_dir',
-           'param_shapes', 'check_params_fit_config']
+           'param_shapes', 'check_params_fit_config', 'as_path', 'is_url',
+           'tensorstore_kvstore']

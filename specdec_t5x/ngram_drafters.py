@@ -205,8 +205,24 @@ def _check_smoothing(smoothing: float) -> float:
 # ------------------------------------------------------------------------------
 
 
+class _StatelessDrafter:
+  """`init` and `accept` of a drafter that keeps no state between iterations.
+
+  An n-gram draft reads only the decoded prefix, so there is no cache to
+  build or roll back: the drafter state is `None` throughout.
+  """
+
+  def init(self, encoder_input_tokens: Array, cache_length: int) -> None:
+    del encoder_input_tokens, cache_length
+    return None
+
+  def accept(self, state: None, sequences: Array, lengths: Array) -> None:
+    del sequences, lengths
+    return state
+
+
 @struct.dataclass
-class UnigramDrafter:
+class UnigramDrafter(_StatelessDrafter):
   """Drafts every token i.i.d. from the smoothed unigram distribution; stateless."""
 
   log_probs: Array  # [vocab]
@@ -221,10 +237,6 @@ class UnigramDrafter:
   def vocab_size(self) -> int:
     return self.log_probs.shape[0]
 
-  def init(self, encoder_input_tokens: Array, cache_length: int) -> None:
-    del encoder_input_tokens, cache_length
-    return None
-
   def propose(self, state: None, sequences: Array, lengths: Array, gamma: int,
               sampling: sampling_lib.SamplingConfig, vocab_size: int,
               rng: Array) -> tuple[Array, Array, None]:
@@ -232,12 +244,9 @@ class UnigramDrafter:
     tokens, probs = drafters_lib.draw(rng, logits, sampling, vocab_size)
     return tokens, probs, state
 
-  def accept(self, state: None, sequences: Array, lengths: Array) -> None:
-    return state
-
 
 @struct.dataclass
-class BigramDrafter:
+class BigramDrafter(_StatelessDrafter):
   """Drafts each token from the smoothed bigram row of the token before it; stateless.
 
   The previous token of the first draft is the row's last known decoder input
@@ -292,10 +301,6 @@ class BigramDrafter:
     totals = jnp.where(known, self.row_totals[row], 0.0) + self.smoothing * vocab
     return jnp.log(smoothed) - jnp.log(totals)[:, None]
 
-  def init(self, encoder_input_tokens: Array, cache_length: int) -> None:
-    del encoder_input_tokens, cache_length
-    return None
-
   def propose(self, state: None, sequences: Array, lengths: Array, gamma: int,
               sampling: sampling_lib.SamplingConfig, vocab_size: int,
               rng: Array) -> tuple[Array, Array, None]:
@@ -308,9 +313,6 @@ class BigramDrafter:
     last = drafters_lib.last_inputs(sequences, lengths)
     _, (tokens, probs) = jax.lax.scan(draft_step, last, jax.random.split(rng, gamma))
     return jnp.moveaxis(tokens, 0, 1), jnp.moveaxis(probs, 0, 1), state
-
-  def accept(self, state: None, sequences: Array, lengths: Array) -> None:
-    return state
 
 
 def load_drafters(path: str | os.PathLike, vocab_size: int,

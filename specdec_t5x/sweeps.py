@@ -514,12 +514,14 @@ def checkpoint_identity(path: str) -> str:
   Retraining a model into the same directory changes this, so its cells are
   measured again.
   """
-  location = pathlib.Path(path)
+  location = checkpoints.as_path(path)
   if not location.exists():
     return 'missing'
   steps = checkpoints.checkpoint_steps(location)
   if steps:
     location = checkpoints.step_dir(location, steps[-1])
+  if checkpoints.is_url(path):
+    return f'{location}@{location.stat().mtime}'
   return f'{location.resolve()}@{location.stat().st_mtime_ns}'
 
 
@@ -648,7 +650,7 @@ class DraftUnavailable(Exception):
   """A draft cannot be built on this machine yet (e.g. its files are not trained)."""
 
 
-def _train_config_fields(checkpoint: pathlib.Path) -> dict[str, Any]:
+def _train_config_fields(checkpoint: checkpoints.Path) -> dict[str, Any]:
   for directory in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
     candidate = directory / 'train_config.json'
     if candidate.is_file():
@@ -662,7 +664,7 @@ def model_config(spec: ModelSpec, checkpoint: str) -> network.T5Config:
   if spec.preset is not None:
     fields = dict(network.PRESETS[spec.preset])
   else:
-    fields = _train_config_fields(pathlib.Path(checkpoint))
+    fields = _train_config_fields(checkpoints.as_path(checkpoint))
   fields.update(spec.overrides)
   if 'mlp_activations' in fields:
     fields['mlp_activations'] = tuple(fields['mlp_activations'])
@@ -673,7 +675,7 @@ def model_config(spec: ModelSpec, checkpoint: str) -> network.T5Config:
 def load_model(spec: ModelSpec, config_dir: str, task: str | None = None) -> LoadedModel:
   """Loads a model entry's checkpoint as jax arrays, checked against its config."""
   checkpoint = expand_path(spec.checkpoint, config_dir, task)
-  if not pathlib.Path(checkpoint).exists():
+  if not checkpoints.as_path(checkpoint).exists():
     raise FileNotFoundError(f'checkpoint of model {spec.name!r} not found: {checkpoint}')
   t5_config = model_config(spec, checkpoint)
   params = checkpoints.load_t5x_params(checkpoint, t5_config, dtype=np.float32)

@@ -197,6 +197,30 @@ def test_save_rejects_bad_arguments(tmp_path):
     checkpoints.save_t5x_checkpoint(random_params(11), tmp_path, -1)
   with pytest.raises(ValueError, match='non-empty mapping'):
     checkpoints.save_t5x_checkpoint({}, tmp_path, 1)
+  with pytest.raises(ValueError, match='local directory.*gs://bucket/model'):
+    checkpoints.save_t5x_checkpoint(random_params(11), 'gs://bucket/model', 1)
+
+
+@pytest.mark.parametrize('path, expected', [
+    ('gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000/target.encoder',
+     {'driver': 'gcs', 'bucket': 't5-data',
+      'path': 'pretrained_models/t5x/t5_1_1_small/checkpoint_1000000/target.encoder/'}),
+    ('/ckpt/checkpoint_5/target.decoder', {'driver': 'file',
+                                           'path': '/ckpt/checkpoint_5/target.decoder/'}),
+])
+def test_legacy_arrays_are_read_from_where_the_checkpoint_is(path, expected):
+  # T5's public checkpoints are legacy T5X checkpoints on GCS; their arrays must be
+  # opened in the bucket the checkpoint is read from (no GCS here: the spec is checked).
+  assert checkpoints.tensorstore_kvstore(path) == expected
+  assert checkpoints.tensorstore_kvstore(checkpoints.as_path(path)) == expected
+
+
+def test_paths_are_local_unless_they_are_urls(tmp_path):
+  assert not checkpoints.is_url(tmp_path) and checkpoints.is_url('gs://bucket/dir')
+  assert isinstance(checkpoints.as_path(str(tmp_path)), pathlib.Path)
+  assert str(checkpoints.step_dir('gs://bucket/model', 7)) == 'gs://bucket/model/checkpoint_7'
+  with pytest.raises(ValueError, match='local paths and gs:// only'):
+    checkpoints.tensorstore_kvstore('s3://bucket/model')
 
 
 # ------------------------------------------------------------------------------
