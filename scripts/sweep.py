@@ -30,6 +30,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import pathlib
 import shlex
@@ -103,6 +104,9 @@ def print_plan(items: Sequence[sweeps.PlanItem], store: sweeps.CellStore) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  # A sweep runs for an hour in native code (XLA, TF, PyTorch): if one of them crashes the
+  # process, print where each thread was (the store keeps the cells finished before).
+  faulthandler.enable()
   try:
     config = sweeps.load_config(args.config)
   except ValueError as error:

@@ -178,3 +178,23 @@ def test_presets_have_real_sizes(name):
   if name == 't5_1_1_xxl':
     assert shapes['decoder']['layers_23']['mlp']['wi_0']['kernel'].shape == (4096, 10240)
     assert config.num_heads == 64
+
+
+def test_decoder_program_does_not_grow_with_the_batch(model):
+  # Per-row cache writes are unrolled for small batches only: unrolled over a
+  # 40,000-row batch they made one program take an hour to compile.
+  module, params = model
+
+  def program_size(batch: int) -> int:
+    tokens = jax.ShapeDtypeStruct((batch, 6), jnp.int32)
+    encoded = jax.eval_shape(lambda p, t: encode(module, p, t), params, tokens)
+    cache = jax.eval_shape(lambda p, e, t: cache_lib.init_decode_cache(module, p, e, t, 16),
+                           params, encoded, tokens)
+    window = jax.ShapeDtypeStruct((batch, 3), jnp.int32)
+    lowered = step_fn(module).lower(params, cache, encoded, tokens, window)
+    return len(lowered.as_text())
+
+  large = network.WRITE_ROWS_MAX_UNROLLED + 1
+  # Equal up to the digits of the shapes.
+  assert program_size(1024) < 1.1 * program_size(large)
+  assert program_size(large) < 2 * program_size(1)
