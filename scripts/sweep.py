@@ -104,9 +104,6 @@ def print_plan(items: Sequence[sweeps.PlanItem], store: sweeps.CellStore) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  # A sweep runs for an hour in native code (XLA, TF, PyTorch): if one of them crashes the
-  # process, print where each thread was (the store keeps the cells finished before).
-  faulthandler.enable()
   try:
     config = sweeps.load_config(args.config)
   except ValueError as error:
@@ -145,4 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  # A sweep runs for an hour in native code (XLA, TF, PyTorch): if one of them crashes the
+  # process, print where each thread was (the store keeps the cells finished before).
+  faulthandler.enable()
   sys.exit(main())
