@@ -265,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help='where models.md / models.json go (default: %(default)s)')
   parser.add_argument('--strict', action='store_true',
                       help='exit with status 1 if a quality check fails')
+  parser.add_argument('--report-only', action='store_true',
+                      help='decode nothing: rewrite models.md from the stored models.json and '
+                           'the family\'s current notes file')
   return parser.parse_args(argv)
 
 
@@ -276,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if args.report_only:
+    md_path, json_path = output_paths(args.results_dir, args.family)
+    if not json_path.is_file():
+      print(f'error: {json_path} not found; run without --report-only first', file=sys.stderr)
+      return 2
+    md_path.write_text(render_markdown(json.loads(json_path.read_text()),
+                                       family_notes(family, args.config)))
+    print(f'wrote {md_path}')
+    return 0
   settings = dict(family['eval'])
   for key in ('num_examples', 'validation_examples', 'batch_size', 'split'):
     if getattr(args, key) is not None:

@@ -203,6 +203,11 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
   for name in names:
     assert f'| {name} |' in markdown
   assert 'scripts/evaluate_family.py' in markdown and '## Checks' in markdown
+  # The report is rebuilt from models.json alone (e.g. after the notes file changed).
+  (tmp_path / 'models.miniature.md').unlink()
+  run_script([str(SCRIPTS / 'evaluate_family.py'), '--family', 'miniature', '--results-dir',
+              str(tmp_path), '--report-only'], env, timeout=300)
+  assert (tmp_path / 'models.miniature.md').read_text() == markdown
 
 
 @pytest.mark.slow
