@@ -42,6 +42,7 @@ import dataclasses
 import datetime
 import fnmatch
 import functools
+import gc
 import hashlib
 import importlib
 import json
@@ -1397,6 +1398,20 @@ class RunSummary:
   already_done: int
 
 
+def release_compiled_programs() -> None:
+  """Frees every compiled XLA program held by jax's caches (a cell's programs are its own).
+
+  XLA:CPU maps the code of each compiled kernel into memory regions of its own; a sweep
+  builds hundreds of distinct programs (one per draft, γ, temperature and batch), and kept
+  alive they exhaust the kernel's limit on memory maps per process (`vm.max_map_count`,
+  65,530 by default): LLVM then aborts the process with "Unable to allocate section memory"
+  (or the unwinder crashes in libgcc_s) about 40-60 cells into the default grid. Recompiling
+  a cell's baseline afterwards is a load from the persistent compilation cache.
+  """
+  jax.clear_caches()
+  gc.collect()
+
+
 def run_sweep(config: SweepConfig, store: CellStore, *, sections: Sequence[str] = SECTIONS,
               patterns: Sequence[str] | None = None, max_new: int | None = None,
               command: str = '', progress: bool = True,
@@ -1443,6 +1458,8 @@ def run_sweep(config: SweepConfig, store: CellStore, *, sections: Sequence[str] 
         summary.skipped[item.key] = str(reason)
         bar.update()
         continue
+      finally:
+        release_compiled_programs()
       record = _stamp(record, item.fingerprint, command)
       store.append(record)
       summary.measured.append(item.key)
