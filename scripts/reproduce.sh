@@ -11,7 +11,7 @@
 #   2. data     scripts/build_data.py: Debian's DDTP Translation-en/-de lists -> TFDS + vocabulary
 #               in $SPECDEC_CACHE_DIR (default ~/.cache/specdec_t5x). Fetching the lists uses apt
 #               and needs root; without root, pass --translations-dir with fetched lists;
-#   3. train    scripts/train_family.py --family F (about 75 min on 2 idle cores for `default`,
+#   3. train    scripts/train_family.py --family F (about 89 min on 2 idle cores for `default`,
 #               a couple of minutes for `miniature`; resumable, cached);
 #   4. evaluate scripts/evaluate_family.py --family F -> results/models.md, results/models.json
 #               (results/models.miniature.* for the miniature family);
@@ -107,7 +107,7 @@ fi
 # measures what is missing. Unigram/bigram counts and PaSS embeddings are used when built (their
 # cells are skipped, and listed as such, otherwise). Writes results/table2.md, table3.md,
 # peer_hf.md, projection_tpu.md, sweep.json and *.png (results/miniature/ for the miniature
-# family). About 1-1.5 h for the default family on 2 cores, a few minutes for the miniature one.
+# family). About 40 min to 1 h for the default family on 2 idle cores, a few minutes for the miniature one.
 echo "== [6/6] sweep: scripts/sweep.py --config configs/sweep_$family.json"
 "$python" scripts/sweep.py --config "configs/sweep_$family.json"
 # ---- end of the sweep step ----------------------------------------------------------------------
