@@ -141,9 +141,15 @@ MATVEC_MAX_KERNEL_BYTES = 16 << 20
 ATTENTION_MATVEC_MAX_QUERIES = 8
 
 
-def _rowwise_matmul(x: Array, kernel: Array) -> Array:
-  """`x [rows, in] @ kernel [in, out]` as one matrix-vector product per row."""
-  return jnp.stack([x[row] @ kernel for row in range(x.shape[0])])
+def _matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
+  """`einsum(spec)` run as one batched matrix-vector product per index of `lhs`'s `axis`.
+
+  `spec` is the product of one slice (`lhs` without `axis`); the results are
+  stacked back at `axis`. Each product reads `rhs` in place (see
+  `MATVEC_MAX_ROWS` for why a few of them beat one small matrix product).
+  """
+  return jnp.stack([jnp.einsum(spec, lax.index_in_dim(lhs, i, axis, keepdims=False), rhs)
+                    for i in range(lhs.shape[axis])], axis=axis)
 
 
 class DenseGeneral(nn.Module):
@@ -171,7 +177,7 @@ class DenseGeneral(nn.Module):
     few_rows = 1 < rows <= MATVEC_MAX_ROWS and kernel.nbytes <= MATVEC_MAX_KERNEL_BYTES
     if few_rows and axis == tuple(range(len(batch_shape), inputs.ndim)):
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
-      return jnp.reshape(_rowwise_matmul(flat, kernel), batch_shape + features)
+      return jnp.reshape(_matvecs('i,io->o', flat, kernel, axis=0), batch_shape + features)
     kernel = jnp.reshape(kernel, kernel_shape)
     contract = tuple(range(len(axis)))
     return lax.dot_general(inputs, kernel, ((axis, contract), ((), ())))
@@ -329,17 +335,6 @@ def _attention_weights(logits: Array, bias: Array | None, dropout_rng: Array | N
     keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
     weights = weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype))
   return weights
-
-
-def _matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
-  """`einsum(spec)` run as one batched matrix-vector product per index of `lhs`'s `axis`.
-
-  `spec` is the product of one slice (`lhs` without `axis`); the results are
-  stacked back at `axis`. Each product reads `rhs` in place (see
-  `MATVEC_MAX_ROWS` for why a few of them beat one small matrix product).
-  """
-  return jnp.stack([jnp.einsum(spec, jnp.take(lhs, i, axis=axis), rhs)
-                    for i in range(lhs.shape[axis])], axis=axis)
 
 
 def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
