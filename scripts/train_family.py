@@ -11,7 +11,7 @@ saved state (every `save_every` steps) and replays the same batches. A model who
 checkpoint exists is skipped, so a second run returns at once. Model sizes and training times
 are written to $SPECDEC_CACHE_DIR/models/<family>/training.json.
 
-Families (see configs/family.json): `default`, the CPU-scale family of the results (75-90 min
+Families (see configs/family.json): `default`, the CPU-scale family of the results (about 89 min
 on 2 cores), and `miniature`, test-sized models that train in a minute or two for CI.
 The data must be built first (scripts/build_data.py).
 """
