@@ -2,9 +2,9 @@
 """Counts the unigrams and bigrams of tasks' training targets: the unigram and bigram drafters.
 
 For each seqio task, one pass over the `decoder_target_tokens` of its split (EOS-terminated,
-truncated to the task's feature length as the models were trained) gives the counts that
-`specdec_t5x.ngram_drafters.UnigramDrafter` / `BigramDrafter` smooth with add-k. They are
-written to
+truncated to the task's feature length as the models were trained) gives the counts
+(`specdec_t5x.training.ngram_counts`) that `specdec_t5x.drafters.ngram.UnigramDrafter` /
+`BigramDrafter` smooth with add-k. They are written to
 
   $SPECDEC_CACHE_DIR/ngram/<task>.<split>.npz
 
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from specdec_t5x import ngram_drafters  # noqa: E402
 from specdec_t5x.data import vocab as vocab_lib  # noqa: E402
+from specdec_t5x.training import ngram_counts  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   for task in args.tasks:
     started = time.perf_counter()
-    counts, path, cached = ngram_drafters.task_counts(task, args.vocab_size, split=args.split,
-                                                      rebuild=args.rebuild)
+    counts, path, cached = ngram_counts.task_counts(task, args.vocab_size, split=args.split,
+                                                    rebuild=args.rebuild)
     how = 'cached' if cached else f'counted in {time.perf_counter() - started:.1f} s'
     print(f'{task}:{args.split}: {counts.num_sequences} sequences, {counts.num_tokens} tokens, '
           f'{counts.bigram.nnz} distinct bigrams (longest row '

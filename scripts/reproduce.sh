@@ -19,11 +19,16 @@
 #               and PaSS look-ahead embeddings for the target (scripts/train_pass.py), then their
 #               alpha and speed (scripts/measure_cheap_drafts.py -> results/cheap_drafts.md;
 #               default family only);
-#   6. sweep    scripts/sweep.py --config configs/sweep_F.json -> results/table2.md, ... (below).
+#   6. sweep    scripts/sweep.py --config configs/sweep_F.json -> results/table2.md, ... (below);
+#   7. bench    default family only: scripts/bench_scoring_cost.py (results/scoring_cost.*) and
+#               scripts/bench_loop_overhead.py --rounds 5 (results/loop_overhead.*), random weights,
+#               a few minutes each; then the baselines against T5X's own decoding, which need t5x
+#               (README "Installing t5x"): $T5X_VENV/bin/python scripts/bench_baselines.py --family
+#               (results/baselines.*), run here when $T5X_VENV (default /tmp/t5x-venv) imports t5x.
 set -euo pipefail
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 family=default
@@ -49,7 +54,7 @@ export JAX_PLATFORMS=cpu
 python="$repo/.venv/bin/python"
 started=$SECONDS
 
-echo "== [1/6] environment: $repo/.venv"
+echo "== [1/7] environment: $repo/.venv"
 if [[ ! -x "$python" ]]; then
   python3 -m venv .venv
 fi
@@ -63,7 +68,7 @@ else
   echo "   installed already (setup.py and constraints.txt unchanged)"
 fi
 
-echo "== [2/6] data: scripts/build_data.py"
+echo "== [2/7] data: scripts/build_data.py"
 data_args=()
 if [[ -n "$translations_dir" ]]; then
   data_args+=(--translations-dir "$translations_dir")
@@ -84,19 +89,19 @@ EOF
   exit 1
 fi
 
-echo "== [3/6] train: scripts/train_family.py --family $family"
+echo "== [3/7] train: scripts/train_family.py --family $family"
 "$python" scripts/train_family.py --family "$family"
 
-echo "== [4/6] evaluate: scripts/evaluate_family.py --family $family"
+echo "== [4/7] evaluate: scripts/evaluate_family.py --family $family"
 "$python" scripts/evaluate_family.py --family "$family"
 
 if [[ "$family" == default ]]; then
-  echo "== [5/6] cheap drafts: n-gram counts, PaSS look-ahead embeddings, their alpha and speed"
+  echo "== [5/7] cheap drafts: n-gram counts, PaSS look-ahead embeddings, their alpha and speed"
   "$python" scripts/build_ngram_drafters.py
   "$python" scripts/train_pass.py --family "$family" --num-lookahead 6
   "$python" scripts/measure_cheap_drafts.py --family "$family"
 else
-  echo "== [5/6] cheap drafts: skipped (the miniature sweep uses model drafts only)"
+  echo "== [5/7] cheap drafts: skipped (the miniature sweep uses model drafts only)"
 fi
 
 # ---- sweep (issue 8): speculative vs autoregressive, alpha / gamma / speed with theory ----------
@@ -108,9 +113,24 @@ fi
 # cells are skipped, and listed as such, otherwise). Writes results/table2.md, table3.md,
 # peer_hf.md, projection_tpu.md, sweep.json and *.png (results/miniature/ for the miniature
 # family). About 40 min to 1 h for the default family on 2 idle cores, a few minutes for the miniature one.
-echo "== [6/6] sweep: scripts/sweep.py --config configs/sweep_$family.json"
+echo "== [6/7] sweep: scripts/sweep.py --config configs/sweep_$family.json"
 "$python" scripts/sweep.py --config "configs/sweep_$family.json"
 # ---- end of the sweep step ----------------------------------------------------------------------
+
+if [[ "$family" == default ]]; then
+  echo "== [7/7] benchmarks: scoring cost, loop overhead, baselines (results/*.md)"
+  "$python" scripts/bench_scoring_cost.py
+  "$python" scripts/bench_loop_overhead.py --rounds 5
+  t5x_python="${T5X_VENV:-/tmp/t5x-venv}/bin/python"
+  if [[ -x "$t5x_python" ]] && "$t5x_python" -c 'import t5x.models, specdec_t5x' 2>/dev/null; then
+    "$t5x_python" scripts/bench_baselines.py --family
+  else
+    echo "   baselines skipped: no t5x venv at ${T5X_VENV:-/tmp/t5x-venv} (README: Installing t5x);"
+    echo "   then run: JAX_PLATFORMS=cpu \$T5X_VENV/bin/python scripts/bench_baselines.py --family"
+  fi
+else
+  echo "== [7/7] benchmarks: skipped (default family only)"
+fi
 
 if [[ "$family" == default ]]; then
   results="$repo/results/models.md"

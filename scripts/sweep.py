@@ -42,7 +42,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # noqa: E402
 
-from specdec_t5x import paths, sweeps  # noqa: E402
+from specdec_t5x import paths, sweep  # noqa: E402
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -62,8 +62,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--store', type=pathlib.Path, default=None,
                       help='the append-only JSONL store of finished cells (resuming reads it); '
                            'default $SPECDEC_CACHE_DIR/sweeps/<config name>.jsonl')
-  parser.add_argument('--sections', default=','.join(sweeps.SECTIONS),
-                      help='comma-separated sections to run, of: ' + ', '.join(sweeps.SECTIONS)
+  parser.add_argument('--sections', default=','.join(sweep.SECTIONS),
+                      help='comma-separated sections to run, of: ' + ', '.join(sweep.SECTIONS)
                            + ' (the peer runs last: its gamma is the grid\'s best)')
   parser.add_argument('--only', action='append', default=None, metavar='GLOB',
                       help='run only cells whose key matches this fnmatch pattern, e.g. '
@@ -82,9 +82,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--no-progress', action='store_true', help='hide the tqdm progress bars')
   args = parser.parse_args(argv)
   args.sections = [s.strip() for s in args.sections.split(',') if s.strip()]
-  unknown = sorted(set(args.sections) - set(sweeps.SECTIONS))
+  unknown = sorted(set(args.sections) - set(sweep.SECTIONS))
   if unknown or not args.sections:
-    parser.error(f'--sections must name some of {list(sweeps.SECTIONS)}, got {args.sections}')
+    parser.error(f'--sections must name some of {list(sweep.SECTIONS)}, got {args.sections}')
   if args.max_cells is not None and args.max_cells < 0:
     parser.error('--max-cells must be >= 0')
   if args.report_only and args.no_report:
@@ -92,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return args
 
 
-def print_plan(items: Sequence[sweeps.PlanItem], store: sweeps.CellStore) -> None:
+def print_plan(items: Sequence[sweep.PlanItem], store: sweep.CellStore) -> None:
   counts = {status: sum(item.status == status for item in items)
             for status in ('done', 'todo', 'stale')}
   for item in items:
@@ -105,13 +105,13 @@ def print_plan(items: Sequence[sweeps.PlanItem], store: sweeps.CellStore) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   try:
-    config = sweeps.load_config(args.config)
+    config = sweep.load_config(args.config)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
-  store = sweeps.CellStore(args.store or paths.cache_dir('sweeps') / f'{config.name}.jsonl')
+  store = sweep.CellStore(args.store or paths.cache_dir('sweeps') / f'{config.name}.jsonl')
   if args.dry_run:
-    print_plan(sweeps.plan(config, store, args.sections, args.only), store)
+    print_plan(sweep.plan(config, store, args.sections, args.only), store)
     return 0
   summary = None
   if not args.report_only:
@@ -125,9 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(['scripts/sweep.py'] + list(sys.argv[1:] if argv is None else argv))
     if paths.CACHE_ENV in os.environ:  # where the checkpoints came from is part of the command
       command = f'{paths.CACHE_ENV}={shlex.quote(os.environ[paths.CACHE_ENV])} {command}'
-    summary = sweeps.run_sweep(config, store, sections=args.sections, patterns=args.only,
-                               max_new=args.max_cells, command=command,
-                               progress=not args.no_progress)
+    summary = sweep.run_sweep(config, store, sections=args.sections, patterns=args.only,
+                              max_new=args.max_cells, command=command,
+                              progress=not args.no_progress)
     print(f'measured {len(summary.measured)} cells, {summary.already_done} were already done, '
           f'{len(summary.skipped)} skipped')
     for key, reason in summary.skipped.items():
@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.no_report:
     output_dir = args.output_dir or (paths.repo_root() / 'results' / (
         '' if config.name == 'default' else config.name))
-    written = sweeps.write_report(config, store, output_dir,
-                                  skipped=summary.skipped if summary else None)
+    written = sweep.write_report(config, store, output_dir,
+                                 skipped=summary.skipped if summary else None)
     print('wrote ' + ', '.join(str(path) for path in written))
   return 0
 

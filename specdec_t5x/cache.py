@@ -22,6 +22,12 @@ Array = jax.Array
 Cache = Any  # the nested dict of the 'cache' collection
 
 
+def encode(module: nn.Module, params: Any, encoder_input_tokens: Array) -> Array:
+  """The encoder output `[batch, enc_len, emb]` of `encoder_input_tokens [batch, enc_len]`."""
+  return module.apply({'params': params}, encoder_input_tokens, enable_dropout=False,
+                      method=module.encode)
+
+
 def init_decode_cache(module: nn.Module, params: Any, encoded: Array,
                       encoder_input_tokens: Array, cache_length: int) -> Cache:
   """A fresh cache of `cache_length` positions at position 0 for every row.

@@ -68,13 +68,34 @@ def transform_logits(logits: Array, config: SamplingConfig) -> Array:
   return logits
 
 
+def first_argmax(logits: Array) -> Array:
+  """`jnp.argmax(logits, -1)` as int32 (the first maximum), faster on CPU.
+
+  The one greedy choice of the package: the target's token, the draft's token and
+  the one-hot p and q all come from here. XLA:CPU lowers argmax to a (value, index)
+  reduction that it does not vectorise: over a batch of 8 rows of a 32k vocabulary
+  it costs about 1.7 ms, a tenth of a T5-small decoding step. A max, then the
+  smallest index that attains it, are two plain reductions that give the same
+  index about 7x faster. Logits holding NaN give an unspecified index (XLA:CPU's
+  vectorised max may skip a NaN); a model that emits NaN is broken either way.
+  """
+  is_max = (logits == jnp.max(logits, axis=-1, keepdims=True)) | jnp.isnan(logits)
+  index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.min(jnp.where(is_max, index, logits.shape[-1]), axis=-1)
+
+
+def one_hot(tokens: Array, vocab_size: int) -> Array:
+  """The greedy "distribution" of `tokens [...]`: `[..., vocab_size]` float32 one-hots."""
+  return jax.nn.one_hot(tokens, vocab_size, dtype=jnp.float32)
+
+
 def probabilities(logits: Array, config: SamplingConfig) -> Array:
   """The distribution decoding samples from, `[..., vocab]` float32.
 
-  Greedy decoding gives the one-hot of the argmax.
+  Greedy decoding gives the one-hot of the first argmax.
   """
   if config.greedy:
-    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    return one_hot(first_argmax(logits), logits.shape[-1])
   return jax.nn.softmax(transform_logits(logits, config), axis=-1)
 
 
@@ -86,5 +107,5 @@ def sample_from_probabilities(rng: Array, probs: Array) -> Array:
 def sample(rng: Array, logits: Array, config: SamplingConfig) -> Array:
   """Draws token ids `[...]` from `logits [..., vocab]` under `config`."""
   if config.greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits)
   return sample_from_probabilities(rng, probabilities(logits, config))

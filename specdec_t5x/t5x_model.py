@@ -21,12 +21,13 @@ swapped for `specdec_t5x.network.Transformer` with the same `T5Config`: the
 parameter tree, logical axes and outputs are identical, and its cache accepts
 the γ+1 query positions a verification step needs.
 
-The draft's parameters enter T5X's partitioned step as closed-over arrays,
-placed on the step's mesh (replicated, or sharded by the logical axis rules).
-JAX embeds closed-over arrays in the compiled program unless
-`JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=true`, with which they stay device buffers
-passed to the program; set it for drafts of more than a few hundred MB
-(docs/t5x.md).
+The draft (a `DRAFT_CHECKPOINT`, or the n-gram and PaSS files of gin/drafts/)
+is built through the drafter registry and placed on the step's mesh,
+replicated or sharded by the logical axis rules (`specdec_t5x.t5x_drafting`).
+Its arrays enter T5X's partitioned step as closed-over arrays, which JAX
+embeds in the compiled program unless `JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=true`
+(then they stay device buffers passed to it): set it for drafts of more than a
+few hundred MB (docs/t5x.md).
 
 t5x is not a dependency of the package: this module imports without it, and
 constructing the model raises an `ImportError` that says how to install it.
@@ -37,17 +38,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import warnings
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.linen import partitioning as flax_partitioning
-from jax.sharding import NamedSharding, PartitionSpec
 
-from specdec_t5x import decoding, network
+from specdec_t5x import decoding, network, t5x_drafting
 from specdec_t5x import drafters as drafters_lib
 from specdec_t5x import sampling as sampling_lib
 
@@ -70,9 +68,6 @@ T5X_INSTALL_HINT = (
     't5x.models.EncoderDecoderModel. t5x is not on PyPI; install it from GitHub next to '
     'specdec_t5x (tested at commit cc342d4): `pip install "t5x @ git+https://github.com/'
     'google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16"`; see docs/t5x.md.')
-DRAFT_PARTITIONINGS = ('replicated', 'logical')
-# Drafts above this size make XLA compile slowly when embedded as constants.
-_LARGE_EMBEDDED_DRAFT_BYTES = 256 * 2**20
 
 
 def _require_t5x() -> None:
@@ -93,47 +88,20 @@ _BEAM_SEARCH = t5x_decoding.beam_search if t5x_decoding else None
 
 
 # ------------------------------------------------------------------------------
-# Configs and modules.
+# T5X's conventions.
 # ------------------------------------------------------------------------------
 
 
-def t5_config_from(config: Any, **overrides: Any) -> network.T5Config:
-  """A `specdec_t5x.network.T5Config` from a preset name, our config or T5X's example config.
+def t5x_eos_id(vocabulary: Any) -> int:
+  """The EOS id T5X's own decoding stops at for an output `vocabulary`.
 
-  T5X's `t5x.examples.t5.network.T5Config` has the same fields as ours, so it
-  converts field by field; a config with fields ours lacks (another network)
-  is refused rather than silently misread.
+  `EncoderDecoderModel.predict_batch_with_aux` (t5x/models.py at the tested
+  commit) uses `vocabulary.eos_id or 1`: a vocabulary without an EOS (None,
+  seqio's `PassThroughVocabulary` default) and one whose EOS is 0, the id T5
+  reserves for padding and BOS, both stop at 1. The speculative model stops
+  where T5X's `decode_fn` would, so that its outputs are the baseline's.
   """
-  if isinstance(config, str):
-    return network.config_from_preset(config, **overrides)
-  if isinstance(config, network.T5Config):
-    return config.replace(**overrides) if overrides else config
-  if not dataclasses.is_dataclass(config) or isinstance(config, type):
-    raise ValueError(f'expected a T5Config or a preset name ({sorted(network.PRESETS)}), got '
-                     f'{config!r}')
-  ours = {field.name for field in dataclasses.fields(network.T5Config)}
-  given = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-  unknown = sorted(set(given) - ours)
-  if unknown:
-    raise ValueError(f'{type(config).__module__}.{type(config).__name__} has fields '
-                     f'{unknown} that specdec_t5x.network.T5Config does not; only T5X\'s example '
-                     'T5 network (t5x.examples.t5.network) can be converted')
-  return network.T5Config(**{**given, **overrides})
-
-
-def as_specdec_module(module: Any) -> network.Transformer:
-  """`module` as `specdec_t5x.network.Transformer` (T5X's example network is converted).
-
-  Both have the same parameter tree, logical axes and outputs; ours also has a
-  decode cache that takes several query positions per call.
-  """
-  if isinstance(module, network.Transformer):
-    return module
-  config = getattr(module, 'config', None)
-  if config is None:
-    raise ValueError(f'cannot run speculative decoding with {type(module).__name__}: expected '
-                     'specdec_t5x.network.Transformer or T5X\'s example T5 network')
-  return network.Transformer(t5_config_from(config))
+  return int(vocabulary.eos_id or 1)
 
 
 def t5x_sampling_decode_fn(temperature: float = 0.0, top_k: int = 0,
@@ -157,136 +125,6 @@ def t5x_sampling_decode_fn(temperature: float = 0.0, top_k: int = 0,
 
 
 # ------------------------------------------------------------------------------
-# The draft.
-# ------------------------------------------------------------------------------
-
-
-def load_model_drafter(checkpoint: str, config: Any, *, dtype: Any = None,
-                       params_dtype: Any = None) -> drafters_lib.ModelDrafter:
-  """A `ModelDrafter` from a T5X checkpoint (Orbax or legacy) and its config.
-
-  Args:
-    checkpoint: a `checkpoint_<step>` directory (or the model directory above).
-    config: a preset name, `T5Config`, or T5X example `T5Config`.
-    dtype: activation dtype override (e.g. 'bfloat16'); None keeps the config's.
-    params_dtype: dtype the parameters are kept in; None keeps the stored one.
-
-  Raises:
-    ValueError: the checkpoint is missing, unreadable, or does not fit `config`.
-  """
-  from specdec_t5x import checkpoints as checkpoints_lib  # orbax/tensorstore: load on use
-
-  overrides = {} if dtype is None else {'dtype': dtype}
-  draft_config = t5_config_from(config, **overrides)
-  if not checkpoint:
-    raise ValueError('the draft checkpoint path is empty; set DRAFT_CHECKPOINT')
-  try:
-    params = checkpoints_lib.load_t5x_params(checkpoint, draft_config, dtype=params_dtype)
-  except FileNotFoundError as err:
-    hint = ('; remote paths are not read, copy the checkpoint to local disk first '
-            '(`gcloud storage cp -r`)' if '://' in str(checkpoint) else '')
-    raise ValueError(f'draft checkpoint {checkpoint!r} not found: {err}{hint}') from err
-  except ValueError as err:
-    raise ValueError(f'cannot use draft checkpoint {checkpoint!r}: {err}') from err
-  return drafters_lib.ModelDrafter(module=network.Transformer(draft_config), params=params)
-
-
-def ngram_drafter(counts_path: str, order: int = 2, smoothing: float | None = None) -> Any:
-  """The unigram (`order` 1) or bigram (2) draft of a counts file, for gin (gin/drafts/).
-
-  The file is what `specdec_t5x.ngram_drafters.save_counts` writes; the model
-  checks its vocabulary against the target's. `smoothing` None is the
-  module's default add-k.
-  """
-  from specdec_t5x import ngram_drafters  # scipy: load on use
-
-  if order not in (1, 2):
-    raise ValueError(f'order must be 1 (unigram) or 2 (bigram), got {order!r}')
-  try:
-    counts = ngram_drafters.load_counts(counts_path)
-  except FileNotFoundError as err:
-    raise ValueError(f'n-gram counts file {counts_path!r} not found: {err}') from err
-  if smoothing is None:
-    smoothing = ngram_drafters.DEFAULT_SMOOTHING
-  drafter_cls = ngram_drafters.UnigramDrafter if order == 1 else ngram_drafters.BigramDrafter
-  return drafter_cls.from_counts(counts, smoothing)
-
-
-def _active_mesh() -> jax.sharding.Mesh | None:
-  """The mesh T5X's partitioned step runs under, or None outside one.
-
-  T5X enters it with the legacy `with Mesh(...)` context (t5x/partitioning.py,
-  `PjittedFnWithContext`), which only `thread_resources` exposes.
-  """
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', DeprecationWarning)
-    from jax.interpreters import pxla
-
-    mesh = pxla.thread_resources.env.physical_mesh
-  return None if mesh.empty else mesh
-
-
-def _floating_dtype(tree: PyTree) -> Any:
-  """The dtype of the first floating-point leaf of `tree` (float32 if it has none)."""
-  for leaf in jax.tree.leaves(tree):
-    if jnp.issubdtype(leaf.dtype, jnp.floating):
-      return leaf.dtype
-  return jnp.float32
-
-
-def _with_params_dtype(drafter: Any, dtype: Any) -> Any:
-  """A `ModelDrafter` with its floating-point parameters as host arrays of `dtype`.
-
-  Other drafters keep their arrays as built (an n-gram table's counts would
-  lose precision in bfloat16).
-  """
-  if not isinstance(drafter, drafters_lib.ModelDrafter):
-    return drafter
-
-  def cast(leaf):
-    if not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.dtype == dtype:
-      return leaf
-    return np.asarray(leaf).astype(dtype)
-  return drafter.replace(params=jax.tree.map(cast, drafter.params))
-
-
-def _tree_nbytes(tree: PyTree) -> int:
-  return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
-
-
-def _draft_param_specs(drafter: drafters_lib.ModelDrafter, rules: Any) -> PyTree:
-  """PartitionSpecs of a model draft's parameters under the logical axis `rules`."""
-  tokens = jnp.ones((1, 1), jnp.int32)
-  variables = jax.eval_shape(lambda: drafter.module.init(
-      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False))
-  names = flax_partitioning.get_axis_names(variables['params_axes'])
-  return jax.tree.map(lambda axes: flax_partitioning.logical_to_mesh_axes(axes, rules), names,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
-def drafter_shardings(drafter: Any, mesh: jax.sharding.Mesh, partitioning: str,
-                      rules: Any = ()) -> PyTree:
-  """Shardings (a tree like `drafter`) that place a draft on `mesh`.
-
-  'replicated' copies it to every device: a small draft is latency-bound, and
-  sharding it would add collectives to each of its γ sequential steps.
-  'logical' shards a `ModelDrafter`'s parameters by their logical axes under
-  `rules` like the target's (other drafters stay replicated).
-  """
-  if partitioning not in DRAFT_PARTITIONINGS:
-    raise ValueError(f'draft_partitioning must be one of {DRAFT_PARTITIONINGS}, got '
-                     f'{partitioning!r}')
-  replicated = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), drafter)
-  if partitioning == 'replicated' or not isinstance(drafter, drafters_lib.ModelDrafter):
-    return replicated
-  specs = _draft_param_specs(drafter, rules)
-  params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
-  return replicated.replace(params=params)
-
-
-# ------------------------------------------------------------------------------
 # The model.
 # ------------------------------------------------------------------------------
 
@@ -305,8 +143,8 @@ class SpeculationConfig:
     if isinstance(self.gamma, bool) or int(self.gamma) != self.gamma or self.gamma < 0:
       raise ValueError(f'gamma must be an integer >= 0 (0 switches speculation off), got '
                        f'{self.gamma!r}')
-    if self.draft_partitioning not in DRAFT_PARTITIONINGS:
-      raise ValueError(f'draft_partitioning must be one of {DRAFT_PARTITIONINGS}, got '
+    if self.draft_partitioning not in t5x_drafting.DRAFT_PARTITIONINGS:
+      raise ValueError(f'draft_partitioning must be one of {t5x_drafting.DRAFT_PARTITIONINGS}, got '
                        f'{self.draft_partitioning!r}')
     # Raises a ValueError for a bad temperature, top_k or top_p.
     sampling_lib.make_sampling_config(self.temperature, self.top_k, self.top_p)
@@ -354,14 +192,18 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
       draft_checkpoint: a T5X checkpoint (Orbax or legacy) of the draft model.
       draft_config: the draft's `T5Config`, or a preset name such as
         't5_1_1_small' (which then computes in the target config's dtype).
-      drafter: a ready `specdec_t5x.drafters.Drafter` instead of a checkpoint.
+      drafter: instead of a checkpoint, a ready `specdec_t5x.drafters.Drafter`
+        or a `drafters.DrafterSpec` (what the gin factories of
+        `specdec_t5x.t5x_drafting` return), built through the registry for
+        this target and γ.
       gamma: draft tokens per iteration; 0 switches speculation off.
       temperature, top_k, top_p: sampling (temperature 0 is greedy), applied
         to target and draft alike.
       draft_params_dtype: dtype of a model draft's parameters on the devices;
         None matches the target's parameters as T5X restored them (bfloat16
         with infer.gin's `RestoreCheckpointConfig.dtype`).
-      draft_partitioning: 'replicated' or 'logical' (see `drafter_shardings`).
+      draft_partitioning: 'replicated' or 'logical' (see
+        `t5x_drafting.drafter_shardings`).
     """
     super().__init__(module=module, input_vocabulary=input_vocabulary,
                      output_vocabulary=output_vocabulary, optimizer_def=optimizer_def,
@@ -396,13 +238,12 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
                   'T5X\'s decode_fn.', self.speculation.gamma, has_draft)
       return
 
-    self.module = as_specdec_module(self.module)
+    self.module = t5x_drafting.as_specdec_module(self.module)
     target_config = self.module.config
     if drafter is None:
-      # A preset draft computes in the target's dtype (bfloat16 on TPU, float32 on CPU).
-      dtype = target_config.dtype if isinstance(draft_config, str) else None
-      drafter = load_model_drafter(draft_checkpoint, draft_config, dtype=dtype,
-                                   params_dtype=draft_params_dtype)
+      drafter = t5x_drafting.model_draft_spec(draft_checkpoint, draft_config, target_config)
+    drafter = t5x_drafting.build_draft(drafter, self.module, self.speculation.gamma,
+                                       params_dtype=draft_params_dtype)
     drafters_lib.check_vocab_compatible(target_config.vocab_size, drafter.vocab_size)
     output_vocab_size = getattr(self.output_vocabulary, 'vocab_size', None)
     if output_vocab_size is not None and output_vocab_size > target_config.vocab_size:
@@ -411,7 +252,7 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     self._drafter = drafter
     logger.info('Speculative decoding on: gamma=%d, %s, draft %s (%.1f MB of arrays).',
                 self.speculation.gamma, self.speculation.sampling, type(drafter).__name__,
-                _tree_nbytes(drafter) / 2**20)
+                t5x_drafting.tree_nbytes(drafter) / 2**20)
 
   @property
   def speculation_enabled(self) -> bool:
@@ -427,27 +268,16 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
 
     Cached per (dtype, mesh, axis rules): T5X traces its step once per shape.
     """
-    dtype = jnp.dtype(self._draft_params_dtype or _floating_dtype(target_params))
-    mesh = _active_mesh()
+    dtype = jnp.dtype(self._draft_params_dtype or t5x_drafting.floating_dtype(target_params))
+    mesh = t5x_drafting.active_mesh()
     rules = tuple(flax_partitioning.get_axis_rules())
     key = (dtype.name,) if mesh is None else (
         dtype.name, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat),
         mesh.axis_names, rules if self.speculation.draft_partitioning == 'logical' else None)
     if key in self._placed_drafters:
       return self._placed_drafters[key]
-    drafter = _with_params_dtype(self._drafter, dtype)
-    if mesh is not None:
-      shardings = drafter_shardings(drafter, mesh, self.speculation.draft_partitioning, rules)
-      # This runs while T5X traces its partitioned step: transfer the host
-      # arrays now instead of staging the transfer into the program.
-      with jax.ensure_compile_time_eval():
-        drafter = jax.device_put(drafter, shardings)
-      nbytes = _tree_nbytes(drafter)
-      hoisted = getattr(jax.config, 'jax_use_simplified_jaxpr_constants', True)
-      if nbytes > _LARGE_EMBEDDED_DRAFT_BYTES and not hoisted:
-        logger.warning('The draft has %.0f MB of arrays, which JAX embeds in the compiled step; '
-                       'set JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=true to pass them as device '
-                       'buffers instead (docs/t5x.md).', nbytes / 2**20)
+    drafter = t5x_drafting.place_drafter(self._drafter, dtype, mesh,
+                                         self.speculation.draft_partitioning, rules)
     self._placed_drafters[key] = drafter
     return drafter
 
@@ -509,7 +339,7 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     if rng is not None and decode_rng is not None:
       raise ValueError('got a PRNG key both as `rng` and as decoder_params["decode_rng"]; '
                        'pass one')
-    eos_id = decoder_params.pop('eos_id', self.output_vocabulary.eos_id or 1)
+    eos_id = decoder_params.pop('eos_id', t5x_eos_id(self.output_vocabulary))
     if decoder_params:
       raise ValueError(f'decoder_params {sorted(decoder_params)} are not supported by '
                        'speculative decoding; gamma and sampling are model settings')
@@ -564,7 +394,6 @@ def speculative_model(model: Any, *, draft_checkpoint: str | None = None,
 
 
 __all__ = [
-    'DRAFT_PARTITIONINGS', 'SpeculationConfig', 'SpeculativeEncoderDecoderModel',
-    'T5X_INSTALL_HINT', 'as_specdec_module', 'drafter_shardings', 'load_model_drafter',
-    'ngram_drafter', 'speculative_model', 't5_config_from', 't5x_sampling_decode_fn',
+    'SpeculationConfig', 'SpeculativeEncoderDecoderModel', 'T5X_INSTALL_HINT',
+    'speculative_model', 't5x_eos_id', 't5x_sampling_decode_fn',
 ]

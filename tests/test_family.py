@@ -1,13 +1,12 @@
-"""The model family scripts: configuration checks, and the miniature family end to end.
+"""Model families (`training.family`, `training.evaluation`), and the miniature one end to end.
 
-The end-to-end test trains the `miniature` family (configs/family.json) in a temporary
-$SPECDEC_CACHE_DIR, evaluates it and checks the results files. Its data: the real DDTP data if
-scripts/build_data.py has built it in the usual cache (linked, read only), otherwise the
-hand-written lists of tests/fixtures/ddtp built into the temporary cache. No root, no network.
-The full `default` family (about an hour) runs only with `-m slow`.
+The end-to-end test runs the scripts: it trains the `miniature` family (configs/family.json)
+in a temporary $SPECDEC_CACHE_DIR, evaluates it and checks the results files. Its data: the
+real DDTP data if scripts/build_data.py has built it in the usual cache (linked, read only),
+otherwise the hand-written lists of tests/fixtures/ddtp built into the temporary cache. No
+root, no network. The full `default` family (about an hour) runs only with `-m slow`.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,6 +16,8 @@ import sys
 import pytest
 
 from specdec_t5x import paths
+from specdec_t5x.training import evaluation
+from specdec_t5x.training import family as family_lib
 
 REPO = paths.repo_root()
 SCRIPTS = REPO / 'scripts'
@@ -26,110 +27,169 @@ FIXTURE_EVAL_ARGS = ['--num-examples', '2', '--validation-examples', '2', '--bat
 REAL_EVAL_ARGS = ['--num-examples', '16', '--validation-examples', '16', '--batch-size', '8']
 
 
-def load_script(name: str):
-  """Imports scripts/<name>.py as a module (scripts/ is not a package)."""
-  sys.path.insert(0, str(SCRIPTS))
-  try:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-  finally:
-    sys.path.remove(str(SCRIPTS))
-
-
-@pytest.fixture(scope='module')
-def train_family():
-  return load_script('train_family')
-
-
-@pytest.fixture(scope='module')
-def evaluate_family():
-  return load_script('evaluate_family')
-
-
 # ---------------------------------------------------------------------------------------------
 # Configuration.
 
 
 @pytest.mark.parametrize('name', ['default', 'miniature'])
-def test_families_load_and_the_target_is_the_largest(train_family, name):
-  family = train_family.load_family(name)
-  counts = train_family.check_param_ratio(family)
-  target = train_family.target_model(family)['name']
+def test_families_load_and_the_target_is_the_largest(name):
+  family = family_lib.load_family(name)
+  counts = family_lib.check_param_ratio(family)
+  target = family_lib.target_model(family)['name']
   drafts = [count for model, count in counts.items() if model != target]
   assert counts[target] >= family['min_target_param_ratio'] * max(drafts)
   assert all(m['preset'].startswith('cpu_') for m in family['models']) == (name == 'default')
 
 
-def test_default_family_mirrors_the_paper(train_family):
-  family = train_family.load_family('default')
+def test_default_family_mirrors_the_paper():
+  family = family_lib.load_family('default')
   assert family['min_target_param_ratio'] >= 5
   assert family['mixture'] == 'ddtp_all'
-  counts = train_family.check_param_ratio(family)
+  counts = family_lib.check_param_ratio(family)
   # small < base < large < target, as T5-small/base/large against T5-XXL.
   assert [model['name'] for model in sorted(family['models'], key=lambda m: counts[m['name']])
           ] == ['small', 'base', 'large', 'target']
 
 
-def test_unknown_family_and_bad_entries_are_refused(train_family, tmp_path):
+def test_unknown_family_and_bad_entries_are_refused(tmp_path):
   with pytest.raises(ValueError, match="unknown family 'nope'"):
-    train_family.load_family('nope')
-  family = json.loads(train_family.DEFAULT_CONFIG.read_text())['families']['miniature']
+    family_lib.load_family('nope')
+  family = json.loads(family_lib.DEFAULT_CONFIG.read_text())['families']['miniature']
   bad = {**family, 'models': [{**family['models'][0], 'preset': 'no_such_preset'}]
          + family['models'][1:]}
   with pytest.raises(ValueError, match="unknown preset 'no_such_preset'"):
-    train_family.check_family('bad', bad)
+    family_lib.check_family('bad', bad)
   no_target = {**family, 'models': [m for m in family['models'] if m['role'] != 'target']}
   with pytest.raises(ValueError, match="exactly one 'target'"):
-    train_family.check_family('bad', no_target)
+    family_lib.check_family('bad', no_target)
   lacking = {key: value for key, value in family.items() if key != 'batch_size'}
   with pytest.raises(ValueError, match="lacks \\['batch_size'\\]"):
-    train_family.check_family('bad', lacking)
+    family_lib.check_family('bad', lacking)
 
 
-def test_param_ratio_is_enforced(train_family):
-  family = train_family.load_family('miniature')
+def test_param_ratio_is_enforced():
+  family = family_lib.load_family('miniature')
   swapped = {**family, 'min_target_param_ratio': 1000.0}
   with pytest.raises(ValueError, match='only .*x the largest draft'):
-    train_family.check_param_ratio(swapped)
+    family_lib.check_param_ratio(swapped)
+
+
+def test_plan_lines_name_every_model_with_its_size():
+  family = family_lib.load_family('miniature')
+  counts = family_lib.check_param_ratio(family)
+  lines = family_lib.plan_lines('miniature', family, family['models'], counts)
+  assert lines[0].startswith(f"family 'miniature': {family['mixture']}, batch ")
+  assert len(lines) == 1 + len(family['models'])
+  for line, model in zip(lines[1:], family['models'], strict=True):
+    assert line.split()[0] == model['name'] and f'{model["num_steps"]} steps' in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths: recorded machine-free, read back here.
+
+
+def test_recorded_paths_are_machine_free_and_resolve_back(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
+  checkpoint = family_lib.model_dir('fam', 'target') / 'checkpoint_3'
+  assert checkpoint == tmp_path / 'models' / 'fam' / 'target' / 'checkpoint_3'
+  family = family_lib.load_family('miniature')
+  summary = family_lib.training_summary('fam', family, family_lib.DEFAULT_CONFIG, [])
+  assert summary['config_file'] == 'configs/family.json'
+  assert paths.resolve_portable_path('{cache}/models/fam/target/checkpoint_3') == checkpoint
+  assert paths.resolve_portable_path('configs/family.json') == family_lib.DEFAULT_CONFIG
+  assert paths.resolve_portable_path(str(checkpoint)) == checkpoint  # older records
+  row = {'cached': True, 'checkpoint': '{cache}/models/fam/target/checkpoint_3',
+         'load_average_1min_at_end': 0.5}
+  earlier = {'checkpoint': str(checkpoint), 'load_average_1min_at_end': 1.75}
+  assert family_lib.keep_recorded_load(dict(row), earlier)['load_average_1min_at_end'] == 1.75
+  moved = {**earlier, 'checkpoint': str(tmp_path / 'elsewhere')}
+  assert family_lib.keep_recorded_load(dict(row), moved)['load_average_1min_at_end'] == 0.5
+
+
+def test_the_target_comes_from_the_family_or_from_a_checkpoint_and_preset(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
+  family = family_lib.load_family('miniature')
+  target = family_lib.target_model(family)
+  config, checkpoint, preset, label = family_lib.target_spec('miniature')
+  assert config == family_lib.model_config(target) and preset == target['preset']
+  assert checkpoint == family_lib.model_dir('miniature', target['name'])
+  assert label == f'miniature/{target["name"]} ({target["preset"]})'
+  config, checkpoint, preset, label = family_lib.target_spec(
+      target_checkpoint='/some/ckpt', target_preset='test_tiny',
+      target_overrides={'vocab_size': 128})
+  assert config.vocab_size == 128 and checkpoint == pathlib.Path('/some/ckpt')
+  assert preset == label == 'test_tiny'
+  with pytest.raises(ValueError, match='go together'):
+    family_lib.target_spec(target_checkpoint='/some/ckpt')
+  with pytest.raises(ValueError, match='not found: .*missing.json; train the family'):
+    family_lib.target_spec('miniature', tmp_path / 'missing.json')
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation settings, and the page.
+
+
+def test_eval_settings_and_missing_training_are_refused(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
+  family = family_lib.load_family('miniature')
+  settings = evaluation.eval_settings(family, {'num_examples': 3, 'split': None})
+  assert settings == {**family['eval'], 'num_examples': 3}
+  with pytest.raises(ValueError, match='must be >= 1'):
+    evaluation.eval_settings(family, {'batch_size': 0})
+  with pytest.raises(ValueError, match='train the family first'):
+    evaluation.trained_rows('miniature', family)
+  with pytest.raises(ValueError, match='run without --report-only first'):
+    evaluation.rewrite_markdown(tmp_path, 'miniature', family, family_lib.DEFAULT_CONFIG)
+  assert evaluation.output_paths(tmp_path, 'default') == (tmp_path / 'models.md',
+                                                          tmp_path / 'models.json')
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics.
 
 
-def test_metrics_rank_a_good_output_above_a_bad_one(evaluate_family):
+def test_metrics_rank_a_good_output_above_a_bad_one():
   references = ['Dieses Paket enthält die Entwicklungsdateien.', 'Werkzeuge für Ada']
-  good = evaluate_family.bleu_scores(references, references)
-  bad = evaluate_family.bleu_scores(['foo bar baz qux', 'x y z w'], references)
+  good = evaluation.bleu_scores(references, references)
+  bad = evaluation.bleu_scores(['foo bar baz qux', 'x y z w'], references)
   assert good['bleu'] == pytest.approx(100.0) and bad['bleu'] < 5.0
-  rouge_good = evaluate_family.rouge_scores(['tools for Ada'], ['tools for Ada'])
-  rouge_half = evaluate_family.rouge_scores(['tools for Python'], ['tools for Ada'])
+  rouge_good = evaluation.rouge_scores(['tools for Ada'], ['tools for Ada'])
+  rouge_half = evaluation.rouge_scores(['tools for Python'], ['tools for Ada'])
   assert rouge_good['rouge1'] == pytest.approx(100.0)
   assert 0.0 < rouge_half['rouge1'] < rouge_good['rouge1']
   with pytest.raises(ValueError, match='as many hypotheses as references'):
-    evaluate_family.rouge_scores(['a'], ['a', 'b'])
+    evaluation.rouge_scores(['a'], ['a', 'b'])
 
 
-def test_strip_prefix(evaluate_family):
-  assert evaluate_family.strip_prefix('summarize: text here', 'summarize: ') == 'text here'
+def test_strip_prefix():
+  assert evaluation.strip_prefix('summarize: text here', 'summarize: ') == 'text here'
   with pytest.raises(ValueError, match='task prefix'):
-    evaluate_family.strip_prefix('text', 'summarize: ')
+    evaluation.strip_prefix('text', 'summarize: ')
 
 
-def test_quality_checks_catch_a_draft_that_beats_the_target(evaluate_family):
+def test_quality_checks_catch_a_draft_that_beats_the_target():
   def row(name, role, bleu, rouge):
     return {'name': name, 'role': role, 'ende': {'bleu': bleu}, 'summarize': {'rougeL': rouge}}
 
   rows = [row('target', 'target', 20.0, 30.0), row('small', 'draft', 21.0, 25.0),
           row('copy-input', 'baseline', 10.0, 26.0)]
-  failed = {c['claim'] for c in evaluate_family.quality_checks(rows) if not c['passed']}
+  failed = {c['claim'] for c in evaluation.quality_checks(rows) if not c['passed']}
   assert failed == {'target > small on ende bleu', 'small > copy-input on summarize rougeL'}
 
 
 # ---------------------------------------------------------------------------------------------
 # End to end.
+
+
+def test_train_family_dry_run_prints_the_plan():
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  result = run_script([str(SCRIPTS / 'train_family.py'), '--family', 'miniature', '--dry-run'],
+                      env, timeout=300)
+  family = family_lib.load_family('miniature')
+  counts = family_lib.check_param_ratio(family)
+  assert result.stdout.splitlines() == family_lib.plan_lines('miniature', family,
+                                                             family['models'], counts)
 
 
 def real_data_root() -> pathlib.Path | None:
@@ -174,8 +234,12 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
              env, timeout=600)
   training = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
   assert [row['name'] for row in training['models']] == ['target', 'large', 'base', 'small']
+  assert training['config_file'] == 'configs/family.json'
   for row in training['models']:
-    assert (pathlib.Path(row['checkpoint']) / 'state').is_dir()
+    # Recorded machine-free, as `{cache}/...`.
+    assert row['checkpoint'] == f'{{cache}}/models/miniature/{row["name"]}/checkpoint_' \
+                                f'{row["num_steps"]}'
+    assert (cache / row['checkpoint'].removeprefix('{cache}/') / 'state').is_dir()
     assert row['num_params'] > 0 and row['train_seconds'] > 0 and not row['cached']
 
   # A second run finds every checkpoint and trains nothing.
@@ -189,7 +253,9 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
 
   run_script([str(SCRIPTS / 'evaluate_family.py'), '--family', 'miniature', '--results-dir',
               str(tmp_path), *eval_args], env, timeout=600)
-  report = json.loads((tmp_path / 'models.miniature.json').read_text())
+  report_text = (tmp_path / 'models.miniature.json').read_text()
+  assert str(cache) not in report_text and str(cache.resolve()) not in report_text
+  report = json.loads(report_text)
   names = [row['name'] for row in report['models']]
   assert names == ['target', 'large', 'base', 'small', 'copy-input']
   for row in report['models']:

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import init_params, random_inputs
-from flax import traverse_util
 
 from specdec_t5x import cache as cache_lib
 from specdec_t5x import network
+from specdec_t5x.network import kernels
 
 TOL = 1e-4
 
@@ -27,12 +27,7 @@ def full_forward_logits(module, params, encoder_tokens, decoder_inputs):
                       enable_dropout=False)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def encode(module, params, encoder_tokens):
-  return module.apply({'params': params}, encoder_tokens, enable_dropout=False,
-                      method=module.encode)
-
-
+encode = jax.jit(cache_lib.encode, static_argnums=0)
 init_cache = jax.jit(cache_lib.init_decode_cache, static_argnums=(0, 4))
 
 
@@ -48,29 +43,6 @@ def model(request, tiny_config):
   config = network.T5Config(**{**tiny_config.__dict__, **overrides})
   module = network.Transformer(config)
   return module, init_params(config, seed=0)
-
-
-def test_parameter_tree_has_t5x_names(model):
-  module, params = model
-  flat = set(traverse_util.flatten_dict(params, sep='/'))
-  expected = {
-      'token_embedder/embedding', 'encoder/relpos_bias/rel_embedding', 'encoder/encoder_norm/scale',
-      'encoder/layers_0/pre_attention_layer_norm/scale', 'encoder/layers_0/attention/query/kernel',
-      'encoder/layers_0/attention/out/kernel', 'encoder/layers_0/pre_mlp_layer_norm/scale',
-      'decoder/relpos_bias/rel_embedding', 'decoder/decoder_norm/scale',
-      'decoder/layers_1/pre_self_attention_layer_norm/scale',
-      'decoder/layers_1/self_attention/key/kernel',
-      'decoder/layers_1/pre_cross_attention_layer_norm/scale',
-      'decoder/layers_1/encoder_decoder_attention/value/kernel',
-      'decoder/layers_1/pre_mlp_layer_norm/scale'}
-  assert expected <= flat
-  if module.config.logits_via_embedding:
-    assert 'decoder/logits_dense/kernel' not in flat
-    assert 'decoder/layers_0/mlp/wi/kernel' in flat
-  else:
-    assert 'decoder/logits_dense/kernel' in flat
-    assert {'decoder/layers_0/mlp/wi_0/kernel', 'decoder/layers_0/mlp/wi_1/kernel'} <= flat
-  assert params['encoder']['relpos_bias']['rel_embedding'].shape == (module.config.num_heads, 32)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -161,25 +133,6 @@ def test_cross_attention_is_cached_once(model):
   np.testing.assert_array_equal(with_real, with_zeros)
 
 
-def test_unknown_preset_is_a_clear_error():
-  with pytest.raises(ValueError, match='unknown T5 preset'):
-    network.config_from_preset('t5_1_1_huge')
-
-
-@pytest.mark.parametrize('name', ['t5_1_1_small', 't5_1_1_xxl', 'cpu_target', 'cpu_small'])
-def test_presets_have_real_sizes(name):
-  config = network.config_from_preset(name)
-  shapes = jax.eval_shape(
-      lambda: network.Transformer(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
-                                               jnp.ones((1, 2), jnp.int32),
-                                               jnp.ones((1, 2), jnp.int32),
-                                               enable_dropout=False))['params']
-  assert shapes['token_embedder']['embedding'].shape == (config.vocab_size, config.emb_dim)
-  if name == 't5_1_1_xxl':
-    assert shapes['decoder']['layers_23']['mlp']['wi_0']['kernel'].shape == (4096, 10240)
-    assert config.num_heads == 64
-
-
 def test_decoder_program_does_not_grow_with_the_batch(model):
   # Per-row cache writes are unrolled for small batches only: unrolled over a
   # 40,000-row batch they made one program take an hour to compile.
@@ -194,7 +147,7 @@ def test_decoder_program_does_not_grow_with_the_batch(model):
     lowered = step_fn(module).lower(params, cache, encoded, tokens, window)
     return len(lowered.as_text())
 
-  large = network.WRITE_ROWS_MAX_UNROLLED + 1
+  large = kernels.WRITE_ROWS_MAX_UNROLLED + 1
   # Equal up to the digits of the shapes.
   assert program_size(1024) < 1.1 * program_size(large)
   assert program_size(large) < 2 * program_size(1)

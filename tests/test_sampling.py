@@ -57,3 +57,22 @@ def test_sample_follows_probabilities():
   counts = np.bincount(np.asarray(draws), minlength=4) / 20000
   np.testing.assert_allclose(counts, probs, atol=0.015)
   assert counts[2] == 0
+
+
+def test_first_argmax_is_the_first_maximum_like_numpy():
+  rng = np.random.default_rng(3)
+  logits = rng.integers(0, 4, size=(50, 3, 17)).astype(np.float32)  # many exact ties
+  got = np.asarray(sampling.first_argmax(logits))
+  np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+  assert got.dtype == np.int32
+  infinite = np.array([[1.0, np.inf, 5.0, np.inf], [-np.inf, -np.inf, -np.inf, -np.inf]],
+                      np.float32)
+  # As jnp.argmax: the first +inf wins; a row of -inf gives index 0.
+  np.testing.assert_array_equal(sampling.first_argmax(infinite), [1, 0])
+
+
+def test_greedy_sample_and_probabilities_use_the_first_maximum():
+  logits = np.array([[0.0, 2.0, 2.0, 1.0]], np.float32)
+  config = sampling.make_sampling_config(0.0)
+  assert int(sampling.sample(jax.random.PRNGKey(0), logits, config)[0]) == 1
+  np.testing.assert_array_equal(sampling.probabilities(logits, config), [[0, 1, 0, 0]])

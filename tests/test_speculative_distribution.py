@@ -19,7 +19,7 @@ import pytest
 import scipy.stats
 from conftest import init_params
 
-from specdec_t5x import decoding, drafters, network, sampling
+from specdec_t5x import acceptance, decoding, drafters, network, sampling
 
 SIGNIFICANCE = 0.001
 NUM_SAMPLES = 40_000
@@ -132,13 +132,13 @@ def wrong_verify_draft(rng, target_probs, draft_probs, draft_tokens, greedy):
   return num_accepted, sampling.sample_from_probabilities(residual_rng, p_next)
 
 
-decoding_verify = decoding.verify_draft
+decoding_verify = acceptance.verify_draft
 
 
 @pytest.mark.parametrize('settings', SETTINGS[:2], ids=['temperature1', 'temperature0.7'])
 def test_wrong_sampler_is_rejected(settings, monkeypatch):
   """Negative control: the same test at the same level must catch a wrong residual."""
-  monkeypatch.setattr(decoding, 'verify_draft', wrong_verify_draft)
+  monkeypatch.setattr(acceptance, 'verify_draft', wrong_verify_draft)
   jax.clear_caches()
   try:
     samples, _ = speculative_samples(settings)

@@ -26,7 +26,8 @@ import pytest
 from conftest import perturb
 from flax import traverse_util
 
-from specdec_t5x import checkpoints, drafters, network, t5x_model
+from specdec_t5x import checkpoints, drafters, network, t5x_drafting, t5x_model
+from specdec_t5x.drafters import lookahead, ngram
 
 try:
   import seqio
@@ -73,9 +74,10 @@ def _run(args: list[str], *, cwd: pathlib.Path = REPO, timeout: int = 600,
 # ------------------------------------------------------------------------------
 
 
-def t5x_base_model(config: dict, decode_fn=None, vocab_size: int | None = None):
+def t5x_base_model(config: dict, decode_fn=None, vocab_size: int | None = None,
+                   eos_id: int | None = EOS_ID):
   """T5X's EncoderDecoderModel around T5X's own example network."""
-  vocab = seqio.PassThroughVocabulary(size=vocab_size or config['vocab_size'], eos_id=EOS_ID)
+  vocab = seqio.PassThroughVocabulary(size=vocab_size or config['vocab_size'], eos_id=eos_id)
   module = t5x_network.Transformer(t5x_network.T5Config(**config))
   return models.EncoderDecoderModel(
       module=module, input_vocabulary=vocab, output_vocabulary=vocab,
@@ -178,8 +180,9 @@ def test_module_imports_without_t5x():
   program = textwrap.dedent('''
       import sys
       sys.modules['t5x'] = None  # makes `import t5x` fail like a missing install
-      from specdec_t5x import t5x_model
-      assert t5x_model.t5_config_from('test_tiny').vocab_size == 64
+      from specdec_t5x import t5x_drafting, t5x_model
+      assert t5x_drafting.t5_config_from('test_tiny').vocab_size == 64
+      assert t5x_drafting.ngram_drafter('/counts.npz').kind == 'bigram'
       for make in (lambda: t5x_model.SpeculativeEncoderDecoderModel(None, None, None, None),
                    lambda: t5x_model.speculative_model(None)):
         try:
@@ -289,33 +292,83 @@ def test_sampling_settings_are_applied(tiny_t5x):
   np.testing.assert_array_equal(sample(temperature=1.0), sampled)  # same key, same sample
 
 
+def target_counts(base, params, path):
+  """A counts file of the target's own greedy outputs, so the bigram draft is often right."""
+  from test_drafters_ngram import counts_of
+
+  predict = jax.jit(base.predict_batch)
+  outputs = np.concatenate([np.asarray(predict(params, encoder_batch(16, seed=s)))
+                            for s in (1, 2)])
+  return str(ngram.save_counts(path, counts_of(outputs, TINY['vocab_size'], eos_id=EOS_ID)))
+
+
 @requires_t5x
 def test_cheap_drafters_through_the_model(tiny_t5x, tmp_path):
   """n-gram drafts (Table 3) from a counts file, as gin/drafts/*gram.gin load them."""
-  from specdec_t5x import ngram_drafters
-
   base, params, _ = tiny_t5x
   batch = encoder_batch(6)
   greedy = np.asarray(jax.jit(base.predict_batch)(params, batch))
-  # Counted on the target's own outputs, so the bigram draft is often right.
-  counts = ngram_drafters.count_ngrams(
-      [np.asarray(jax.jit(base.predict_batch)(params, encoder_batch(16, seed=s)))
-       for s in (1, 2)], vocab_size=TINY['vocab_size'])
-  counts_path = ngram_drafters.save_counts(tmp_path / 'counts.npz', counts)
+  counts_path = target_counts(base, params, tmp_path / 'counts.npz')
   bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   for order in (1, 2):
-    drafter = t5x_model.ngram_drafter(str(counts_path), order=order)
-    spec = t5x_model.speculative_model(base, drafter=drafter, gamma=3)
+    spec = t5x_model.speculative_model(
+        base, drafter=t5x_drafting.ngram_drafter(counts_path, order=order), gamma=3)
+    drafter = spec.drafter
+    assert isinstance(drafter, (ngram.UnigramDrafter, ngram.BigramDrafter)[order - 1])
     # Their tables stay float32 when the target is held in bfloat16.
     assert all(leaf.dtype == drafter_leaf.dtype for leaf, drafter_leaf in zip(
         jax.tree.leaves(spec._drafter_for_step(bf16)), jax.tree.leaves(drafter), strict=True))
     tokens, aux = jax.jit(spec.predict_batch_with_aux)(params, batch)
     np.testing.assert_array_equal(tokens, greedy)
     if order == 2:
-      assert isinstance(drafter, ngram_drafters.BigramDrafter)
       assert np.asarray(aux['speculative_accepted']).sum() > 0
-  with pytest.raises(ValueError, match='not found'):
-    t5x_model.ngram_drafter(str(tmp_path / 'missing.npz'))
+  smoothed = t5x_model.speculative_model(
+      base, drafter=t5x_drafting.ngram_drafter(counts_path, smoothing=0.5), gamma=3)
+  assert float(smoothed.drafter.smoothing) == 0.5
+  with pytest.raises(ValueError, match=r'no n-gram counts at .*missing\.npz.*build_ngram'):
+    t5x_model.speculative_model(
+        base, drafter=t5x_drafting.ngram_drafter(str(tmp_path / 'missing.npz')), gamma=3)
+  with pytest.raises(ValueError, match='order must be 1'):
+    t5x_drafting.ngram_drafter(counts_path, order=3)
+
+
+@requires_t5x
+def test_pass_drafter_through_the_model(tiny_t5x, tmp_path):
+  """PaSS look-ahead embeddings, as gin/drafts/pass.gin loads them: only the first γ ride along."""
+  base, params, _ = tiny_t5x
+  module = network.Transformer(network.T5Config(**TINY))
+  path = str(lookahead.save_lookahead(
+      tmp_path / 'pass_lookahead_L4.npz', 3.0 * lookahead.init_lookahead(params, 4),
+      module.config, lookahead.params_fingerprint(params)))
+  batch = encoder_batch(6)
+  greedy = np.asarray(jax.jit(base.predict_batch)(params, batch))
+  spec = t5x_model.speculative_model(base, drafter=t5x_drafting.pass_drafter(path), gamma=3)
+  assert isinstance(spec.drafter, lookahead.PassDrafter)
+  assert spec.drafter.num_extra_positions == 3
+  tokens, aux = jax.jit(spec.predict_batch_with_aux)(params, batch)
+  np.testing.assert_array_equal(tokens, greedy)
+  # The first call drafts nothing: one more target call than draft-and-verify iterations need.
+  assert np.all(np.asarray(aux['speculative_iterations']) >= 1)
+  with pytest.raises(ValueError, match='4 look-ahead positions, fewer than γ=5'):
+    t5x_model.speculative_model(base, drafter=t5x_drafting.pass_drafter(path), gamma=5)
+  with pytest.raises(ValueError, match=r'no PaSS look-ahead embeddings at .*train_pass\.py'):
+    t5x_model.speculative_model(
+        base, drafter=t5x_drafting.pass_drafter(str(tmp_path / 'none.npz')), gamma=3)
+
+
+@requires_t5x
+@pytest.mark.parametrize('eos_id', [0, None])
+def test_eos_as_t5x_reads_it_from_the_vocabulary(tiny_t5x, eos_id):
+  """T5X stops at `vocabulary.eos_id or 1`; so does the speculative model, token for token."""
+  _, params, draft = tiny_t5x
+  base = t5x_base_model(TINY, eos_id=eos_id)
+  spec = t5x_model.speculative_model(base, drafter=draft, gamma=3)
+  assert spec._decode_rng_and_eos(None, None)[1] == 1
+  batch = encoder_batch(8, seed=4)
+  greedy = np.asarray(jax.jit(base.predict_batch)(params, batch))
+  # Stopping at 1 is visible: some row ends early, its tail padded with 0.
+  assert np.any(greedy[:, :-1] == 1)
+  np.testing.assert_array_equal(jax.jit(spec.predict_batch)(params, batch), greedy)
 
 
 # ------------------------------------------------------------------------------
@@ -402,6 +455,19 @@ def test_clear_errors_for_drafts_that_do_not_fit(tiny_t5x, draft_checkpoints, tm
     spec.predict_batch_with_aux(None, encoder_batch(1), prompt_with_targets=True)
   with pytest.raises(ValueError, match='an encoder-decoder model'):
     t5x_model.speculative_model(object(), drafter=draft, gamma=2)
+
+
+def test_missing_remote_draft_hint_says_remote_paths_are_read(monkeypatch):
+  """gs:// drafts are opened through etils.epath: the hint must not say otherwise."""
+  def not_found(path, config, dtype):
+    raise FileNotFoundError(f'T5X checkpoint path does not exist: {path}')
+
+  monkeypatch.setattr(checkpoints, 'load_t5x_params', not_found)
+  config = t5x_drafting.t5_config_from('test_tiny')
+  with pytest.raises(ValueError, match=r'gs://bucket/draft.* not found.*opened through etils'):
+    t5x_drafting.load_draft_checkpoint('gs://bucket/draft', config)
+  with pytest.raises(ValueError, match=r'not found: T5X checkpoint path does not exist: /x$'):
+    t5x_drafting.load_draft_checkpoint('/x', config)
 
 
 # ------------------------------------------------------------------------------
@@ -514,7 +580,7 @@ def test_pjit_mesh_2x2_equals_one_device_with_embedded_draft(tmp_path):
 # ------------------------------------------------------------------------------
 
 GIN_PARSE_PROGRAM = '''
-import json, os, sys
+import dataclasses, json, os, sys
 import __main__
 import gin
 import t5x
@@ -544,6 +610,9 @@ for gin_files, bindings, queries, build in json.loads(sys.stdin.read()):
   for selector in build:
     built = gin.query_parameter(selector).scoped_configurable_fn()
     results[-1][selector] = type(built).__name__
+    if dataclasses.is_dataclass(built):
+      results[-1][selector + ' fields'] = {f.name: repr(getattr(built, f.name))
+                                           for f in dataclasses.fields(built)}
     results[-1]['unset_required'] = unset_required(built, selector)
 print('REPORT', json.dumps(results))
 '''
@@ -552,6 +621,13 @@ MODEL_FILES = ['t5_1_1_small', 't5_1_1_base', 't5_1_1_large', 't5_1_1_xxl', 'cpu
 DRAFT_FILES = ['t5_1_1_small', 't5_1_1_base', 't5_1_1_large', 'cpu_small', 'cpu_base',
                'cpu_large']
 CONFIG_FIELDS = [f for f in TINY if f != 'dtype']
+# The drafts from files: gin/drafts/<name>.gin, its binding, the spec it must give.
+FILE_DRAFTS = {
+    'unigram': ("NGRAM_COUNTS='/c/counts.npz'", {'kind': "'unigram'", 'path': "'/c/counts.npz'"}),
+    'bigram': ("NGRAM_COUNTS='/c/counts.npz'", {'kind': "'bigram'", 'path': "'/c/counts.npz'"}),
+    'pass': ("PASS_LOOKAHEAD='/m/pass_lookahead_L6.npz'",
+             {'kind': "'pass'", 'path': "'/m/pass_lookahead_L6.npz'"}),
+}
 
 
 def _doc_commands() -> list[str]:
@@ -584,13 +660,19 @@ def parsed_gin():
   requests += [([f'gin/models/{name}.gin'], [],
                 [f'specdec_t5x.network.T5Config.{f}' for f in CONFIG_FIELDS], [])
                for name in MODEL_FILES]
+  requests += [(['gin/models/cpu_target.gin', 't5x/configs/runs/infer.gin', 'gin/speculative.gin',
+                 f'gin/drafts/{name}.gin'], [binding], ['%DRAFT_CHECKPOINT'],
+                ['t5x_model.speculative_model.drafter'])
+               for name, (binding, _) in FILE_DRAFTS.items()]
   result = subprocess.run([sys.executable, '-c', GIN_PARSE_PROGRAM], cwd=REPO,
                           env=_subprocess_env(), capture_output=True, text=True, timeout=600,
                           input=json.dumps(requests))
   assert result.returncode == 0, result.stderr[-6000:]
   parsed = json.loads(result.stdout.split('REPORT', 1)[1])
+  models_end = len(commands) + len(MODEL_FILES)
   return {'commands': list(zip(commands, parsed[:len(commands)], strict=True)),
-          'models': dict(zip(MODEL_FILES, parsed[len(commands):], strict=True))}
+          'models': dict(zip(MODEL_FILES, parsed[len(commands):models_end], strict=True)),
+          'drafts': dict(zip(FILE_DRAFTS, parsed[models_end:], strict=True))}
 
 
 @requires_t5x
@@ -601,6 +683,17 @@ def test_model_gin_files_configure_the_presets(parsed_gin):
                    for f in CONFIG_FIELDS}, name
   for name in DRAFT_FILES:
     assert f"DRAFT_CONFIG = '{name}'" in (REPO / 'gin' / 'drafts' / f'{name}.gin').read_text()
+
+
+@requires_t5x
+def test_draft_gin_files_give_registry_specs(parsed_gin):
+  """gin/drafts/{unigram,bigram,pass}.gin set the model's drafter to a registry spec."""
+  selector = 't5x_model.speculative_model.drafter'
+  for name, (_, expected) in FILE_DRAFTS.items():
+    got = parsed_gin['drafts'][name]
+    assert got[selector] == 'DrafterSpec' and got['unset_required'] == [], name
+    assert got['%DRAFT_CHECKPOINT'] == 'None', name
+    assert {k: got[selector + ' fields'][k] for k in expected} == expected, name
 
 
 TABLE_2 = [  # (task, draft, temperature, gamma) of the paper's Table 2
@@ -715,19 +808,29 @@ def infer_assets(tiny_t5x, draft_checkpoints, tmp_path_factory):
   config_lines = '\n'.join(f'  {k} = {v!r}' for k, v in TINY.items())
   (root / 'model.gin').write_text(MODEL_GIN.format(vocab_path=str(vocab_path),
                                                    config_lines=config_lines))
-  _, params, _ = tiny_t5x
+  base, params, _ = tiny_t5x
   targets = {'orbax': checkpoints.save_t5x_checkpoint(params, root / 'target_orbax', 1),
              'legacy': save_legacy_t5x_checkpoint(params, root / 'target_legacy', 1)}
-  return {'root': root, 'targets': targets, 'drafts': draft_checkpoints}
+  lookahead_path = lookahead.save_lookahead(
+      root / 'pass_lookahead_L4.npz', 3.0 * lookahead.init_lookahead(params, 4),
+      network.T5Config(**TINY), lookahead.params_fingerprint(params))
+  file_drafts = {
+      'bigram': ('gin/drafts/bigram.gin',
+                 f'NGRAM_COUNTS="{target_counts(base, params, root / "counts.npz")}"'),
+      'pass': ('gin/drafts/pass.gin', f'PASS_LOOKAHEAD="{lookahead_path}"')}
+  return {'root': root, 'targets': targets, 'drafts': draft_checkpoints,
+          'file_drafts': file_drafts}
 
 
 def run_t5x_infer(assets, name: str, target: str, speculative_bindings: list[str] | None,
-                  mode: str = 'predict') -> list[dict]:
+                  mode: str = 'predict', draft_gin: str | None = None) -> list[dict]:
   """Runs `python -m t5x.infer` on the tiny task; returns the jsonl rows."""
   output_dir = assets['root'] / name
   gin_files = [str(assets['root'] / 'model.gin'), 't5x/configs/runs/infer.gin']
   if speculative_bindings is not None:
     gin_files.append('gin/speculative.gin')
+  if draft_gin is not None:
+    gin_files.append(draft_gin)
   args = [sys.executable, '-m', 't5x.infer'] + [f'--gin_file={f}' for f in gin_files] + [
       f'--gin.MIXTURE_OR_TASK_NAME="{TASK_NAME}"',
       '--gin.MIXTURE_OR_TASK_MODULE="specdec_t5x_integration_task"',
@@ -782,6 +885,19 @@ def test_t5x_infer_speculative_equals_t5x_greedy(infer_assets, infer_baseline):
 @pytest.mark.slow
 def test_t5x_infer_speculative_equals_t5x_greedy_orbax(infer_assets, infer_baseline):
   check_speculative_infer_run(infer_assets, infer_baseline, target='orbax', draft='orbax')
+
+
+@requires_t5x
+@pytest.mark.slow
+@pytest.mark.parametrize('draft', ['bigram', 'pass'])
+def test_t5x_infer_with_a_draft_from_files_equals_t5x_greedy(infer_assets, infer_baseline, draft):
+  """gin/drafts/bigram.gin and gin/drafts/pass.gin through t5x.infer."""
+  draft_gin, binding = infer_assets['file_drafts'][draft]
+  rows = run_t5x_infer(infer_assets, f'spec_{draft}', 'orbax', [binding, 'GAMMA=3'],
+                       mode='predict_with_aux', draft_gin=draft_gin)
+  for field in ('prediction_tokens', 'prediction'):
+    assert [r[field] for r in rows] == [r[field] for r in infer_baseline], field
+  assert all(0.0 <= row['aux']['speculative_beta_mean'] <= 1.0 for row in rows)
 
 
 @requires_t5x

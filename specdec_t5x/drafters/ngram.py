@@ -1,7 +1,8 @@
 """Unigram and bigram drafters: the near-free drafts of the paper's Table 3.
 
 Both are estimated from the target sequences of a task's training split
-(`count_ngrams`), with add-k smoothing over the whole vocabulary:
+(`specdec_t5x.training.ngram_counts.count_ngrams`), with add-k smoothing over
+the whole vocabulary:
 
 * unigram: q(x) = (c(x) + k) / (N + kV), the same for every position;
 * bigram:  q(x | a) = (c(a, x) + k) / (c(a) + kV), where `a` is the previous
@@ -18,6 +19,8 @@ keeps it in compressed sparse rows: row `a`'s successors are
 the longest row's length (a static shape for `jit`) and scattered onto a
 `[vocab]` vector of k's. Per draft token that is O(V + longest row) work on
 the host CPU, next to nothing beside a target step.
+
+scipy (the `bench` extra) is imported only where a counts file is read.
 """
 
 from __future__ import annotations
@@ -25,28 +28,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
 from flax import struct
 
-from specdec_t5x import drafters as drafters_lib
 from specdec_t5x import sampling as sampling_lib
+from specdec_t5x.drafters import base
+
+if TYPE_CHECKING:
+  import scipy.sparse
 
 Array = jax.Array
 
-BOS_ID = 0
-PAD_ID = 0
+BOS_ID = 0  # the decoder input before the first token: its bigram row is the first tokens'
+PAD_ID = 0  # target padding, which ends a counted sequence
 DEFAULT_SMOOTHING = 0.01
 _FILE_FORMAT = 'specdec_t5x.ngram_counts.v1'
 
 
 # ------------------------------------------------------------------------------
-# Counting.
+# Counts.
 # ------------------------------------------------------------------------------
 
 
@@ -74,72 +78,11 @@ class NgramCounts:
     return int(self.unigram.sum())
 
 
-def _check_vocab_size(vocab_size: Any) -> int:
+def check_vocab_size(vocab_size: Any) -> int:
+  """`vocab_size` as an int, or a `ValueError` unless it is an integer >= 2."""
   if isinstance(vocab_size, bool) or int(vocab_size) != vocab_size or vocab_size < 2:
     raise ValueError(f'vocab_size must be an integer >= 2, got {vocab_size!r}')
   return int(vocab_size)
-
-
-def count_ngrams(target_batches: Iterable[np.ndarray], vocab_size: int, *,
-                 eos_id: int = 1, source: str = '') -> NgramCounts:
-  """Counts unigrams and bigrams of EOS-terminated target sequences.
-
-  Args:
-    target_batches: arrays `[batch, length]` of target token ids (T5X's
-      `decoder_target_tokens`), right-padded with 0. A row ends at its first
-      EOS (counted) or at its first padding 0 (not counted).
-    vocab_size: the target model's vocabulary size; ids must lie below it.
-    eos_id: the id that ends a sequence.
-    source: recorded in the result.
-
-  Returns:
-    `NgramCounts`; the bigram's previous token of the first target token is BOS.
-  """
-  vocab_size = _check_vocab_size(vocab_size)
-  previous_tokens, tokens = [], []
-  num_sequences = 0
-  for batch in target_batches:
-    targets = np.asarray(batch)
-    if targets.ndim != 2 or not np.issubdtype(targets.dtype, np.integer):
-      raise ValueError(f'target batches must be integer arrays [batch, length], got '
-                       f'{targets.dtype}{list(targets.shape)}')
-    if targets.size and (targets.min() < 0 or targets.max() >= vocab_size):
-      raise ValueError(f'target token ids must lie in [0, {vocab_size}), got min '
-                       f'{targets.min()}, max {targets.max()}')
-    # A position is real up to and including the first EOS, and before any padding.
-    ended = np.cumsum(targets == eos_id, axis=1) - (targets == eos_id)
-    real = (ended == 0) & (np.cumsum(targets == PAD_ID, axis=1) == 0)
-    previous = np.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=BOS_ID)
-    previous_tokens.append(previous[real].astype(np.int64))
-    tokens.append(targets[real].astype(np.int64))
-    num_sequences += int(np.sum(real[:, 0]))
-  previous_tokens = np.concatenate(previous_tokens or [np.zeros(0, np.int64)])
-  tokens = np.concatenate(tokens or [np.zeros(0, np.int64)])
-  unigram = np.bincount(tokens, minlength=vocab_size).astype(np.int64)
-  # COO -> CSR sums the duplicate (previous, token) pairs.
-  bigram = scipy.sparse.coo_matrix((np.ones(tokens.size, np.int64), (previous_tokens, tokens)),
-                                   shape=(vocab_size, vocab_size)).tocsr()
-  bigram.sum_duplicates()
-  bigram.sort_indices()
-  return NgramCounts(vocab_size=vocab_size, unigram=unigram, bigram=bigram,
-                     num_sequences=num_sequences, source=source)
-
-
-def task_target_batches(task: str, split: str = 'train', batch_size: int = 1,
-                        max_batches: int | None = None) -> Iterator[np.ndarray]:
-  """One pass over the `decoder_target_tokens [batch, length]` of a seqio task's split.
-
-  A last partial batch is dropped (see `tasks.iter_train_batches`): the
-  default batch of 1 reads every sequence.
-  """
-  from specdec_t5x.data import tasks  # TensorFlow and seqio: only when reading data
-
-  batches = tasks.iter_train_batches(task, batch_size, split=split, shuffle=False,
-                                     num_epochs=1)
-  for index, batch in enumerate(batches):
-    if max_batches is not None and index >= max_batches:
-      return
-    yield batch['decoder_target_tokens']
 
 
 # ------------------------------------------------------------------------------
@@ -175,12 +118,13 @@ def load_counts(path: str | os.PathLike, vocab_size: int | None = None) -> Ngram
     FileNotFoundError: no file at `path`.
     ValueError: not an n-gram counts file, or counted for another vocabulary.
   """
-  contents = drafters_lib.read_drafter_file(path, _FILE_FORMAT, 'n-gram counts file',
-                                             article='an')
+  import scipy.sparse  # the `bench` extra: only where counts are read
+
+  contents = base.read_drafter_file(path, _FILE_FORMAT, 'n-gram counts file', article='an')
   stored = int(contents['vocab_size'])
   if vocab_size is not None:
     try:
-      drafters_lib.check_vocab_compatible(_check_vocab_size(vocab_size), stored)
+      base.check_vocab_compatible(check_vocab_size(vocab_size), stored)
     except ValueError as err:
       raise ValueError(f'n-gram counts {path} were counted for another vocabulary: '
                        f'{err}') from err
@@ -241,7 +185,7 @@ class UnigramDrafter(_StatelessDrafter):
               sampling: sampling_lib.SamplingConfig, vocab_size: int,
               rng: Array) -> tuple[Array, Array, None]:
     logits = jnp.broadcast_to(self.log_probs, (sequences.shape[0], gamma, self.vocab_size))
-    tokens, probs = drafters_lib.draw(rng, logits, sampling, vocab_size)
+    tokens, probs = base.draw(rng, logits, sampling, vocab_size)
     return tokens, probs, state
 
 
@@ -306,11 +250,10 @@ class BigramDrafter(_StatelessDrafter):
               rng: Array) -> tuple[Array, Array, None]:
 
     def draft_step(previous, step_rng):
-      token, probs = drafters_lib.draw(step_rng, self.next_log_probs(previous), sampling,
-                                       vocab_size)
+      token, probs = base.draw(step_rng, self.next_log_probs(previous), sampling, vocab_size)
       return token, (token, probs)
 
-    last = drafters_lib.last_inputs(sequences, lengths)
+    last = base.last_inputs(sequences, lengths)
     _, (tokens, probs) = jax.lax.scan(draft_step, last, jax.random.split(rng, gamma))
     return jnp.moveaxis(tokens, 0, 1), jnp.moveaxis(probs, 0, 1), state
 
@@ -323,29 +266,5 @@ def load_drafters(path: str | os.PathLike, vocab_size: int,
           BigramDrafter.from_counts(counts, smoothing))
 
 
-def default_counts_path(task: str, split: str = 'train') -> pathlib.Path:
-  """`cache_dir('ngram', '<task>.<split>.npz')`, where `scripts/build_ngram_drafters.py` writes."""
-  from specdec_t5x import paths
-
-  return paths.cache_dir('ngram') / f'{task}.{split}.npz'
-
-
-def task_counts(task: str, vocab_size: int, *, split: str = 'train',
-                path: str | os.PathLike | None = None,
-                rebuild: bool = False) -> tuple[NgramCounts, pathlib.Path, bool]:
-  """The counts of a seqio task's split, from the cached file or counted and saved.
-
-  Returns:
-    `(counts, path, cached)`; `cached` is True when the file was read.
-  """
-  path = pathlib.Path(path or default_counts_path(task, split))
-  if path.exists() and not rebuild:
-    return load_counts(path, vocab_size), path, True
-  counts = count_ngrams(task_target_batches(task, split), vocab_size,
-                        source=f'{task}:{split}')
-  return counts, save_counts(path, counts), False
-
-
-__all__ = ['NgramCounts', 'UnigramDrafter', 'BigramDrafter', 'count_ngrams',
-           'task_target_batches', 'save_counts', 'load_counts', 'load_drafters',
-           'default_counts_path', 'task_counts', 'DEFAULT_SMOOTHING']
+__all__ = ['BOS_ID', 'DEFAULT_SMOOTHING', 'PAD_ID', 'BigramDrafter', 'NgramCounts',
+           'UnigramDrafter', 'check_vocab_size', 'load_counts', 'load_drafters', 'save_counts']

@@ -1,4 +1,4 @@
-"""Drafters: what proposes the γ tokens that the target verifies.
+"""The drafter interface: what proposes the γ tokens that the target verifies.
 
 The speculative loop knows nothing about how drafts are made. A drafter is a
 pytree (its arrays are traced, its structure static) with three methods:
@@ -23,6 +23,9 @@ input embeddings after the scored tokens and hands their logits back through
 `observe_extra_logits`. Those positions never count as real tokens: the loop
 rewinds the target cache to the emitted length, and the causal mask keeps them
 out of the scored positions' logits.
+
+This module also holds what every drafter shares: reading its `.npz` file
+(`read_drafter_file`), the vocabulary check and alignment, and `draw`.
 """
 
 from __future__ import annotations
@@ -34,10 +37,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
-from flax import struct
 
-from specdec_t5x import cache as cache_lib
 from specdec_t5x import sampling as sampling_lib
 
 Array = jax.Array
@@ -147,78 +147,20 @@ def align_logits(logits: Array, vocab_size: int) -> Array:
 
 def draw(rng: Array, logits: Array, sampling: sampling_lib.SamplingConfig,
          vocab_size: int) -> tuple[Array, Array]:
-  """Draft tokens `[...]` and the distribution `[..., vocab_size]` they came from."""
-  probs = sampling_lib.probabilities(align_logits(logits, vocab_size), sampling)
+  """Draft tokens `[...]` and the distribution `[..., vocab_size]` they came from.
+
+  Greedy: the token is the first argmax of the aligned logits and q its
+  one-hot, one reduction per draft token (`sampling.first_argmax`, the
+  target's own greedy choice); `rng` is unused.
+  """
+  logits = align_logits(logits, vocab_size)
   if sampling.greedy:
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
+    tokens = sampling_lib.first_argmax(logits)
+    return tokens, sampling_lib.one_hot(tokens, vocab_size)
+  probs = sampling_lib.probabilities(logits, sampling)
   return sampling_lib.sample_from_probabilities(rng, probs), probs
 
 
 def last_inputs(sequences: Array, lengths: Array) -> Array:
   """`sequences[b, lengths[b]]`: each row's last known decoder input, `[batch]`."""
   return jnp.take_along_axis(sequences, lengths[:, None], axis=1)[:, 0]
-
-
-@struct.dataclass
-class ModelDraftState:
-  cache: Any
-  encoded: Array               # [batch, enc_len, emb]
-  encoder_input_tokens: Array  # [batch, enc_len]
-
-
-@struct.dataclass
-class ModelDrafter:
-  """A smaller T5 (`specdec_t5x.network.Transformer`) as the draft, with its own cache.
-
-  Its cache holds the decoder inputs before position `max(length - 1, 0)`.
-  Each proposal starts by feeding the last TWO known inputs: after a fully
-  accepted block the draft has never seen its own last draft token, and
-  re-feeding one position (an overwrite) is cheaper than a branch.
-  """
-
-  module: nn.Module = struct.field(pytree_node=False)
-  params: Any
-
-  @property
-  def vocab_size(self) -> int:
-    return self.module.config.vocab_size
-
-  def init(self, encoder_input_tokens: Array, cache_length: int) -> ModelDraftState:
-    encoded = self.module.apply({'params': self.params}, encoder_input_tokens,
-                                enable_dropout=False, method=self.module.encode)
-    cache = cache_lib.init_decode_cache(self.module, self.params, encoded, encoder_input_tokens,
-                                        cache_length)
-    return ModelDraftState(cache=cache, encoded=encoded, encoder_input_tokens=encoder_input_tokens)
-
-  def _step(self, state: ModelDraftState, tokens: Array) -> tuple[Array, ModelDraftState]:
-    logits, cache = cache_lib.decode_step(self.module, self.params, state.cache, state.encoded,
-                                          state.encoder_input_tokens, tokens)
-    return logits, state.replace(cache=cache)
-
-  def propose(self, state: ModelDraftState, sequences: Array, lengths: Array, gamma: int,
-              sampling: sampling_lib.SamplingConfig, vocab_size: int,
-              rng: Array) -> tuple[Array, Array, ModelDraftState]:
-    start = jnp.maximum(lengths - 1, 0)
-    pair = jnp.stack([last_inputs(sequences, start), last_inputs(sequences, start + 1)], axis=1)
-    # With lengths == 0 the pair is [BOS, junk]: read the logits of BOS and let
-    # the junk position be overwritten by the first draft token.
-    logits, state = self._step(state, pair)
-    logits = jnp.take_along_axis(logits, jnp.minimum(lengths, 1)[:, None, None], axis=1)[:, 0]
-    state = state.replace(cache=cache_lib.rewind(state.cache, lengths + 1))
-    rngs = jax.random.split(rng, gamma)
-    first_token, first_probs = draw(rngs[0], logits, sampling, vocab_size)
-
-    def draft_step(carry, step_rng):
-      token, state = carry
-      logits, state = self._step(state, token[:, None])
-      next_token, probs = draw(step_rng, logits[:, 0], sampling, vocab_size)
-      return (next_token, state), (next_token, probs)
-
-    (_, state), (tokens, probs) = jax.lax.scan(draft_step, (first_token, state), rngs[1:])
-    tokens = jnp.concatenate([first_token[:, None], jnp.moveaxis(tokens, 0, 1)], axis=1)
-    probs = jnp.concatenate([first_probs[:, None], jnp.moveaxis(probs, 0, 1)], axis=1)
-    return tokens, probs, state
-
-  def accept(self, state: ModelDraftState, sequences: Array, lengths: Array) -> ModelDraftState:
-    del sequences  # the next proposal re-feeds what it needs from them
-    return state.replace(cache=cache_lib.rewind(state.cache, jnp.maximum(lengths - 1, 0)))

@@ -1,4 +1,8 @@
-"""Training with optax the T5X way, on 'test_tiny' and a synthetic copy task."""
+"""Training models with optax the T5X way, on 'test_tiny' and a synthetic copy task.
+
+The loop itself (resumption, refusals) is tested on a toy trainee in test_training_loop.py;
+here `training.train` runs it on a real model.
+"""
 
 import json
 
@@ -212,13 +216,3 @@ def test_bad_batches_are_refused(mutate, message):
 def test_evaluate_loss_needs_weighted_tokens():
   with pytest.raises(ValueError, match='no batches'):
     training.evaluate_loss({}, CONFIG, [])
-
-
-def test_skip_batches_resumes_a_plain_source():
-  make_batches = training.skip_batches(lambda: (copy_task_batch(i) for i in range(5)))
-  resumed = list(make_batches(2))
-  assert len(resumed) == 3
-  np.testing.assert_array_equal(resumed[0]['encoder_input_tokens'],
-                                copy_task_batch(2)['encoder_input_tokens'])
-  with pytest.raises(ValueError, match='fewer than 7 batches'):
-    make_batches(7)

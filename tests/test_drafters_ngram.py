@@ -1,42 +1,45 @@
-"""Unigram and bigram drafters: counting, smoothing, files, and exact speculative decoding."""
+"""Unigram and bigram drafters: smoothing, counts files, and exact speculative decoding.
+
+Counting n-grams is training's (tests/test_training_ngram_counts.py); the
+counts here are written out plainly by `counts_of`.
+"""
 
 import functools
 
 import jax
 import numpy as np
 import pytest
+import scipy.sparse
 import test_speculative_distribution as distribution
 from conftest import random_inputs
 from test_speculative_greedy import MAX_LEN, assert_same
 from test_speculative_greedy import models as greedy_models
 
-from specdec_t5x import decoding, ngram_drafters, sampling
+from specdec_t5x import decoding, sampling
+from specdec_t5x.drafters import ngram
 
 # ------------------------------------------------------------------------------
-# Counting, smoothing, files.
+# Smoothing, files.
 # ------------------------------------------------------------------------------
 
 
-def test_counts_follow_bos_and_stop_at_eos_or_padding():
-  targets = np.array([[5, 6, 5, 1, 7, 7],    # EOS ends the row: 7, 7 are not counted
-                      [6, 6, 0, 0, 0, 0],    # padding ends the row (no EOS: truncated)
-                      [1, 0, 0, 0, 0, 0]], np.int32)
-  counts = ngram_drafters.count_ngrams([targets[:2], targets[2:]], vocab_size=8, eos_id=1)
-  np.testing.assert_array_equal(counts.unigram, [0, 2, 0, 0, 0, 2, 3, 0])
-  expected = np.zeros((8, 8), np.int64)
-  for previous, token in [(0, 5), (5, 6), (6, 5), (5, 1), (0, 6), (6, 6), (0, 1)]:
-    expected[previous, token] += 1
-  np.testing.assert_array_equal(counts.bigram.toarray(), expected)
-  assert counts.num_sequences == 3 and counts.num_tokens == 7
-
-
-def test_count_errors():
-  with pytest.raises(ValueError, match=r'\[0, 8\)'):
-    ngram_drafters.count_ngrams([np.array([[3, 9]])], vocab_size=8)
-  with pytest.raises(ValueError, match='integer arrays'):
-    ngram_drafters.count_ngrams([np.array([3, 4])], vocab_size=8)
-  with pytest.raises(ValueError, match='vocab_size'):
-    ngram_drafters.count_ngrams([], vocab_size=1)
+def counts_of(rows, vocab_size: int, eos_id: int = 1) -> ngram.NgramCounts:
+  """The counts of token rows, each up to its first EOS (kept) or padding 0 (dropped)."""
+  unigram = np.zeros(vocab_size, np.int64)
+  bigram = np.zeros((vocab_size, vocab_size), np.int64)
+  for row in np.asarray(rows):
+    previous = ngram.BOS_ID
+    for token in row:
+      if token == ngram.PAD_ID:
+        break
+      unigram[token] += 1
+      bigram[previous, token] += 1
+      previous = token
+      if token == eos_id:
+        break
+  return ngram.NgramCounts(vocab_size=vocab_size, unigram=unigram,
+                           bigram=scipy.sparse.csr_matrix(bigram),
+                           num_sequences=int(np.sum(np.asarray(rows)[:, 0] != 0)))
 
 
 def random_counts(vocab: int, seed: int, num_sequences: int = 300, length: int = 12):
@@ -44,17 +47,17 @@ def random_counts(vocab: int, seed: int, num_sequences: int = 300, length: int =
   # Skewed, so that rows and the unigram are far from uniform.
   tokens = rng.choice(np.arange(1, vocab), size=(num_sequences, length),
                       p=np.arange(vocab - 1, 0, -1) / np.sum(np.arange(vocab - 1, 0, -1)))
-  return ngram_drafters.count_ngrams([tokens.astype(np.int32)], vocab)
+  return counts_of(tokens.astype(np.int32), vocab)
 
 
 @pytest.mark.parametrize('smoothing', [0.01, 1.0])
 def test_drafters_give_the_add_k_estimates(smoothing):
   counts = random_counts(vocab=40, seed=0)
   vocab = counts.vocab_size
-  unigram = ngram_drafters.UnigramDrafter.from_counts(counts, smoothing)
+  unigram = ngram.UnigramDrafter.from_counts(counts, smoothing)
   expected = (counts.unigram + smoothing) / (counts.unigram.sum() + smoothing * vocab)
   np.testing.assert_allclose(np.exp(unigram.log_probs), expected, rtol=1e-5)
-  bigram = ngram_drafters.BigramDrafter.from_counts(counts, smoothing)
+  bigram = ngram.BigramDrafter.from_counts(counts, smoothing)
   dense = counts.bigram.toarray()
   expected = (dense + smoothing) / (dense.sum(1, keepdims=True) + smoothing * vocab)
   previous = np.arange(vocab, dtype=np.int32)
@@ -66,28 +69,32 @@ def test_drafters_give_the_add_k_estimates(smoothing):
 
 def test_counts_file_round_trip_and_vocabulary_check(tmp_path):
   counts = random_counts(vocab=40, seed=1)
-  path = ngram_drafters.save_counts(tmp_path / 'counts.npz', counts)
+  path = ngram.save_counts(tmp_path / 'counts.npz', counts)
   assert path.stat().st_size < 20_000
-  loaded = ngram_drafters.load_counts(path, vocab_size=40)
+  loaded = ngram.load_counts(path, vocab_size=40)
   np.testing.assert_array_equal(loaded.unigram, counts.unigram)
   assert (loaded.bigram != counts.bigram).nnz == 0
   assert loaded.num_sequences == counts.num_sequences
   # Padding to the same multiple of 128 is the same vocabulary (T5's 32100 vs 32128).
-  ngram_drafters.load_counts(path, vocab_size=64)
+  ngram.load_counts(path, vocab_size=64)
   with pytest.raises(ValueError, match='another vocabulary'):
-    ngram_drafters.load_counts(path, vocab_size=300)
+    ngram.load_counts(path, vocab_size=300)
   with pytest.raises(FileNotFoundError):
-    ngram_drafters.load_counts(tmp_path / 'missing.npz')
+    ngram.load_counts(tmp_path / 'missing.npz')
   np.savez(tmp_path / 'other.npz', x=np.zeros(3))
   with pytest.raises(ValueError, match='not an n-gram counts file'):
-    ngram_drafters.load_counts(tmp_path / 'other.npz')
+    ngram.load_counts(tmp_path / 'other.npz')
   with pytest.raises(ValueError, match='smoothing'):
-    ngram_drafters.UnigramDrafter.from_counts(counts, smoothing=0.0)
+    ngram.UnigramDrafter.from_counts(counts, smoothing=0.0)
+  unigram, bigram = ngram.load_drafters(path, vocab_size=40, smoothing=0.5)
+  np.testing.assert_array_equal(unigram.log_probs,
+                                ngram.UnigramDrafter.from_counts(counts, 0.5).log_probs)
+  assert float(bigram.smoothing) == 0.5 and bigram.vocab_size == 40
 
 
 def test_drafter_for_another_vocabulary_is_refused():
   module, target, _ = greedy_models()
-  drafter = ngram_drafters.BigramDrafter.from_counts(random_counts(vocab=300, seed=2))
+  drafter = ngram.BigramDrafter.from_counts(random_counts(vocab=300, seed=2))
   with pytest.raises(ValueError, match='vocabulary mismatch'):
     decoding.speculative_decode(module, target, drafter, random_inputs(2, 5, 64, 0), gamma=2,
                                 max_decode_len=MAX_LEN)
@@ -104,9 +111,9 @@ def greedy_drafters():
   module, target, _ = greedy_models()
   prompts = random_inputs(64, 9, module.config.vocab_size, seed=99)
   outputs = decoding.autoregressive_decode(module, target, prompts, max_decode_len=MAX_LEN)
-  counts = ngram_drafters.count_ngrams([np.asarray(outputs.tokens)], module.config.vocab_size)
-  return {'unigram': ngram_drafters.UnigramDrafter.from_counts(counts),
-          'bigram': ngram_drafters.BigramDrafter.from_counts(counts)}
+  counts = counts_of(outputs.tokens, module.config.vocab_size)
+  return {'unigram': ngram.UnigramDrafter.from_counts(counts),
+          'bigram': ngram.BigramDrafter.from_counts(counts)}
 
 
 def decode_both(batch, gamma, kind, max_len=MAX_LEN, eos_id=1, seed=0):
@@ -155,8 +162,8 @@ def test_eos_and_max_len_inside_a_block(kind):
 def test_speculative_sampling_matches_target_law(kind, settings):
   module, target, _ = distribution.models()
   counts = random_counts(vocab=distribution.VOCAB, seed=3)
-  drafter = {'unigram': ngram_drafters.UnigramDrafter,
-             'bigram': ngram_drafters.BigramDrafter}[kind].from_counts(counts, smoothing=0.5)
+  drafter = {'unigram': ngram.UnigramDrafter,
+             'bigram': ngram.BigramDrafter}[kind].from_counts(counts, smoothing=0.5)
   prompts = np.repeat(distribution.PROMPT, distribution.NUM_SAMPLES, 0)
   out = decoding.speculative_decode(module, target, drafter, prompts, gamma=distribution.GAMMA,
                                     max_decode_len=distribution.LENGTH, eos_id=distribution.EOS,
@@ -171,7 +178,7 @@ def test_speculative_sampling_matches_target_law(kind, settings):
 def test_draft_probabilities_are_the_transformed_q():
   """What propose returns as q is the sampling transform of the bigram row it drew from."""
   counts = random_counts(vocab=40, seed=4)
-  drafter = ngram_drafters.BigramDrafter.from_counts(counts, smoothing=0.1)
+  drafter = ngram.BigramDrafter.from_counts(counts, smoothing=0.1)
   config = sampling.make_sampling_config(0.7, top_k=5)
   sequences = np.array([[0, 7, 3, 0], [0, 0, 0, 0]], np.int32)
   lengths = np.array([2, 0], np.int32)

@@ -12,10 +12,10 @@ What is taken from T5X (its T5 1.1 gin files and `t5x.trainer`):
 * the dropout key of step `s` is `fold_in(base_key, s)`, so a resumed run draws
   the same dropout masks as an uninterrupted one.
 
-`train` keeps everything it needs to resume in `<workdir>/train_state/<step>/`
-(Orbax, written to a temporary directory and renamed, so a kill mid-save
-leaves the previous checkpoint intact) and, when done, writes the parameters as
-the T5X checkpoint `<workdir>/checkpoint_<num_steps>` (see `checkpoints.py`).
+`train` runs on the shared resumable loop (`loop.py`: everything it needs to
+resume is in `<workdir>/train_state/<step>/`) and, when done, writes the
+parameters as the T5X checkpoint `<workdir>/checkpoint_<num_steps>` (see
+`checkpoints.py`).
 """
 
 from __future__ import annotations
@@ -26,34 +26,27 @@ import json
 import math
 import os
 import pathlib
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import struct
-from tqdm import tqdm
 
 from specdec_t5x.checkpoints import save_t5x_checkpoint, step_dir
 from specdec_t5x.network import T5Config, Transformer
+from specdec_t5x.training import loop
+from specdec_t5x.training.loop import Batch, BatchFactory
 
 PyTree = Any
-Batch = Mapping[str, np.ndarray]
-# `make_batches(start)` yields batches `start, start + 1, ...` of one fixed
-# sequence, so a resumed run continues the data where the interrupted one stopped.
-BatchFactory = Callable[[int], Iterable[Batch]]
 
 REQUIRED_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                      'decoder_loss_weights')
 # Packed batches (T5X's feature converter with pack=True) also carry these.
 OPTIONAL_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
                      'decoder_positions')
-TRAIN_STATE_DIR = 'train_state'
-RUN_CONFIG_FILE = 'train_config.json'
 SUMMARY_FILE = 'train_summary.json'
 
 
@@ -302,7 +295,7 @@ def evaluate_loss(params: PyTree, config: T5Config, batches: Iterable[Batch]) ->
 
 
 # ------------------------------------------------------------------------------
-# The resumable training loop.
+# Training a model on the resumable loop.
 # ------------------------------------------------------------------------------
 
 
@@ -317,35 +310,6 @@ def _jsonable(value: Any) -> Any:
   return jnp.dtype(value).name  # the only other field type in T5Config is a dtype
 
 
-def _check_run_config(workdir: pathlib.Path, config: T5Config, hparams: TrainHParams) -> None:
-  """Records what the run trains, or refuses a workdir that trained something else."""
-  wanted = {'model': _jsonable(config), 'hparams': _jsonable(hparams)}
-  path = workdir / RUN_CONFIG_FILE
-  if path.exists():
-    recorded = json.loads(path.read_text())
-    if recorded != wanted:
-      differing = sorted(f'{part}.{key}' for part in wanted
-                         for key in wanted[part].keys() | recorded.get(part, {}).keys()
-                         if wanted[part].get(key) != recorded.get(part, {}).get(key))
-      raise ValueError(f'{workdir} holds a run with a different configuration (differs in '
-                       f'{differing}); use another workdir or delete it')
-    return
-  _write_json_atomically(path, wanted)
-
-
-def _write_json_atomically(path: pathlib.Path, payload: Mapping[str, Any]) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
-
-
-def _abstract_state(config: T5Config, hparams: TrainHParams) -> TrainState:
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shapes = jax.eval_shape(lambda: create_train_state(config, hparams))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      shapes)
-
-
 def _count_params(params: PyTree) -> int:
   return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
 
@@ -358,6 +322,23 @@ def _cached_summary(workdir: pathlib.Path, num_steps: int) -> TrainSummary:
                       steps_trained=0, train_seconds=recorded.get('train_seconds', math.nan),
                       final_loss=recorded.get('final_loss'),
                       num_params=recorded.get('num_params', 0), cached=True)
+
+
+def _log_metrics(step: int, metrics: Mapping[str, Any], book: loop.Book) -> dict[str, str]:
+  book['last_loss'] = float(metrics['cross_entropy'])
+  if not math.isfinite(book['last_loss']):
+    raise FloatingPointError(f'training diverged: cross-entropy {book["last_loss"]} at step '
+                             f'{step}')
+  return {'loss': f'{book["last_loss"]:.4f}', 'lr': f'{float(metrics["learning_rate"]):.2e}'}
+
+
+def model_trainee(config: T5Config, hparams: TrainHParams) -> loop.Trainee:
+  """`Transformer(config)` as the loop's trainee: T5X's step, dropout key from `hparams.seed`."""
+  train_step = make_train_step(config, hparams)
+  dropout_key = jax.random.fold_in(jax.random.PRNGKey(hparams.seed), 1)
+  return loop.Trainee(create_state=lambda: create_train_state(config, hparams),
+                      train_step=lambda state, batch: train_step(state, batch, dropout_key),
+                      check_batch=check_batch, log=_log_metrics)
 
 
 def train(config: T5Config, make_batches: BatchFactory, num_steps: int,
@@ -378,108 +359,34 @@ def train(config: T5Config, make_batches: BatchFactory, num_steps: int,
     hparams: optimizer, loss and seed settings; a workdir is tied to one
       `(config, hparams)` pair and refuses another. Calling again with a
       larger `num_steps` continues from the latest resumable state.
-    save_every: steps between resumable checkpoints (the last step is always
-      saved).
-    keep_checkpoints: how many resumable checkpoints to keep.
-    log_every: steps between loss read-outs for the progress bar (each one
-      waits for the device).
-    progress: show a tqdm bar.
-    desc: the bar's label.
+    save_every, keep_checkpoints, log_every, progress, desc: as in
+      `loop.run_resumable` (steps between resumable checkpoints, how many to
+      keep, steps between loss read-outs, a tqdm bar and its label).
 
   Returns:
     A `TrainSummary`; if `checkpoint_<num_steps>` already existed nothing is
     trained and `cached` is True.
   """
-  if num_steps < 1:
-    raise ValueError(f'num_steps must be >= 1, got {num_steps}')
-  if save_every < 1 or keep_checkpoints < 1 or log_every < 1:
-    raise ValueError('save_every, keep_checkpoints and log_every must be >= 1, got '
-                     f'{save_every}, {keep_checkpoints}, {log_every}')
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_run_config(workdir, config, hparams)
+  loop.check_loop_arguments(num_steps, save_every, keep_checkpoints, log_every)
+  workdir = loop.prepare_workdir(workdir, {'model': _jsonable(config),
+                                           'hparams': _jsonable(hparams)})
   if step_dir(workdir, num_steps).exists():
     return _cached_summary(workdir, num_steps)
-
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True,
-                                         enable_async_checkpointing=False,
-                                         cleanup_tmp_directories=True)
-  with ocp.CheckpointManager(workdir / TRAIN_STATE_DIR, options=options) as manager:
-    state, batches_consumed, train_seconds, final_loss = _restore_or_create(
-        manager, config, hparams, num_steps)
-    start_step = int(state.step)
-    train_step = make_train_step(config, hparams)
-    dropout_key = jax.random.fold_in(jax.random.PRNGKey(hparams.seed), 1)
-    batches = iter(make_batches(batches_consumed))
-    with tqdm(total=num_steps, initial=start_step, desc=desc, unit='step',
-              disable=not progress, dynamic_ncols=True) as bar:
-      started = time.perf_counter() - train_seconds
-      for step in range(start_step + 1, num_steps + 1):
-        batch = next(batches, None)
-        if batch is None:
-          raise ValueError(f'the batch iterator ran out after {batches_consumed} batches; '
-                           f'{num_steps} steps need {num_steps} batches')
-        check_batch(batch)
-        state, metrics = train_step(state, batch, dropout_key)
-        batches_consumed += 1
-        bar.update(1)
-        if step % log_every == 0 or step == num_steps:
-          final_loss = float(metrics['cross_entropy'])
-          if not math.isfinite(final_loss):
-            raise FloatingPointError(f'training diverged: cross-entropy {final_loss} at step '
-                                     f'{step}')
-          bar.set_postfix(loss=f'{final_loss:.4f}', lr=f'{float(metrics["learning_rate"]):.2e}')
-        if step % save_every == 0 or step == num_steps:
-          train_seconds = time.perf_counter() - started
-          manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
-              data=ocp.args.JsonSave({'batches_consumed': batches_consumed,
-                                      'train_seconds': train_seconds, 'last_loss': final_loss})))
-
-  num_params = _count_params(state.params)
-  _write_json_atomically(workdir / SUMMARY_FILE, {
+  result = loop.run_resumable(model_trainee(config, hparams), make_batches, num_steps, workdir,
+                              save_every=save_every, keep_checkpoints=keep_checkpoints,
+                              log_every=log_every, progress=progress, desc=desc)
+  train_seconds, final_loss = result.book['train_seconds'], result.book['last_loss']
+  num_params = _count_params(result.state.params)
+  loop.write_json_atomically(workdir / SUMMARY_FILE, {
       'num_steps': num_steps, 'train_seconds': train_seconds, 'final_loss': final_loss,
       'num_params': num_params})
-  checkpoint = save_t5x_checkpoint(jax.device_get(state.params), workdir, num_steps)
+  checkpoint = save_t5x_checkpoint(jax.device_get(result.state.params), workdir, num_steps)
   return TrainSummary(checkpoint_dir=checkpoint, num_steps=num_steps,
-                      steps_trained=num_steps - start_step, train_seconds=train_seconds,
+                      steps_trained=num_steps - result.start_step, train_seconds=train_seconds,
                       final_loss=final_loss, num_params=num_params, cached=False)
 
 
-def _restore_or_create(manager: ocp.CheckpointManager, config: T5Config, hparams: TrainHParams,
-                       num_steps: int) -> tuple[TrainState, int, float, float | None]:
-  """`(state, batches_consumed, train_seconds, last_loss)` from the latest checkpoint or step 0."""
-  latest = manager.latest_step()
-  if latest is None:
-    return create_train_state(config, hparams), 0, 0.0, None
-  if latest > num_steps:
-    raise ValueError(f'{manager.directory} holds training state at step {latest}, beyond the '
-                     f'requested num_steps={num_steps}')
-  restored = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract_state(config, hparams)),
-      data=ocp.args.JsonRestore()))
-  data = restored['data']
-  return (restored['state'], int(data['batches_consumed']), float(data['train_seconds']),
-          data.get('last_loss'))
-
-
-def skip_batches(make_iterable: Callable[[], Iterable[Batch]]) -> BatchFactory:
-  """Turns a zero-argument batch source into a `BatchFactory` by skipping consumed batches.
-
-  Skipping re-reads the skipped batches; a source that can seek (e.g.
-  `tf.data.Dataset.skip`) should implement `make_batches(start)` itself.
-  """
-
-  def make_batches(start: int) -> Iterator[Batch]:
-    iterator = iter(make_iterable())
-    for _ in range(start):
-      if next(iterator, None) is None:
-        raise ValueError(f'the batch source has fewer than {start} batches to skip')
-    return iterator
-
-  return make_batches
-
-
-__all__ = ['TrainHParams', 'TrainState', 'TrainSummary', 'REQUIRED_FEATURES', 'rsqrt_schedule',
-           'make_optimizer', 'weighted_cross_entropy', 'check_batch', 'init_params',
-           'create_train_state', 'make_train_step', 'evaluate_loss', 'train', 'skip_batches']
+__all__ = ['TrainHParams', 'TrainState', 'TrainSummary', 'REQUIRED_FEATURES', 'SUMMARY_FILE',
+           'rsqrt_schedule', 'make_optimizer', 'weighted_cross_entropy', 'check_batch',
+           'init_params', 'create_train_state', 'make_train_step', 'evaluate_loss',
+           'model_trainee', 'train']

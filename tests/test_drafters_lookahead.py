@@ -1,4 +1,7 @@
-"""PaSS look-ahead drafting: exact decoding, the ride-along call's layout, training, files."""
+"""PaSS look-ahead drafting: exact decoding, the ride-along call's layout, files.
+
+Training the embeddings is training's (tests/test_training_lookahead.py).
+"""
 
 import functools
 
@@ -13,7 +16,7 @@ from test_speculative_greedy import MAX_LEN, assert_same
 from test_speculative_greedy import models as greedy_models
 
 from specdec_t5x import decoding, network
-from specdec_t5x import pass_drafter as pass_lib
+from specdec_t5x.drafters import lookahead as pass_lib
 
 
 @functools.cache
@@ -188,7 +191,7 @@ def test_lookahead_logits_of_every_call_follow_the_scored_tokens():
     np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=2e-4)
 
 
-def test_training_layout_is_the_decoding_layout():
+def test_lookahead_logits_are_the_decoding_layout():
   """`lookahead_logits` (what training fits) equals the teacher-forced reference."""
   module, target, _ = greedy_models()
   tokens = random_inputs(2, 9, 64, seed=4)
@@ -197,17 +200,11 @@ def test_training_layout_is_the_decoding_layout():
   lookahead = np.asarray(drafter(3).lookahead)
   got = jax.jit(pass_lib.lookahead_logits, static_argnums=0)(module, target, lookahead, tokens,
                                                              decoder_inputs, prefix_ends)
+  assert got.shape == (2, 2, 3, module.config.vocab_size)
   for sample in range(2):
     expected = reference_lookahead_logits(module, target, tokens, decoder_inputs,
                                           prefix_ends[:, sample] + 1, lookahead)
     np.testing.assert_allclose(got[:, sample], expected, atol=2e-4, rtol=2e-4)
-  labels, weights = pass_lib.lookahead_targets(
-      jnp.asarray(decoder_inputs[:, 1:]), jnp.asarray(decoder_inputs[:, 1:] > 0), prefix_ends, 3)
-  # Look-ahead j after prefix end m predicts target m + j = decoder input m + j + 1.
-  np.testing.assert_array_equal(labels[0, 0], [9, 13, 7])
-  np.testing.assert_array_equal(labels[0, 1], [2, 0, 0])
-  np.testing.assert_array_equal(weights[0, 1], [1, 0, 0])
-  np.testing.assert_array_equal(labels[1, 0], [8, 0, 0])
 
 
 # ------------------------------------------------------------------------------
@@ -233,61 +230,29 @@ def test_speculative_sampling_matches_target_law(settings):
 
 
 # ------------------------------------------------------------------------------
-# Training.
+# Files.
 # ------------------------------------------------------------------------------
 
 
-@functools.cache
-def training_batch():
-  """The target's own greedy outputs on 8 prompts: a fixed batch a look-ahead can learn."""
+def test_lookahead_file_round_trip(tmp_path):
   module, target, _ = greedy_models()
-  prompts = random_inputs(8, 9, module.config.vocab_size, seed=11)
-  outputs = np.asarray(decoding.autoregressive_decode(module, target, prompts,
-                                                      max_decode_len=16).tokens)
-  return {'encoder_input_tokens': prompts, 'decoder_target_tokens': outputs,
-          'decoder_input_tokens': np.pad(outputs[:, :-1], ((0, 0), (1, 0))),
-          'decoder_loss_weights': (outputs > 0).astype(np.float32)}
-
-
-def test_training_step_lowers_the_loss_and_leaves_the_model_alone():
-  module, target, _ = greedy_models()
-  batch = training_batch()
-  frozen = jax.tree.map(np.array, target)
-  hparams = pass_lib.PassHParams(num_lookahead=3, learning_rate=3e-2, samples_per_sequence=4)
-  state = pass_lib.create_train_state(target, hparams)
-  prefix_ends = pass_lib.sample_prefix_ends(jax.random.PRNGKey(1),
-                                            batch['decoder_loss_weights'], 8)
-  loss_at = jax.jit(lambda lookahead: pass_lib.lookahead_loss(module, target, lookahead, batch,
-                                                              prefix_ends)[0])
-  initial = float(loss_at(state.lookahead))
-  train_step = pass_lib.make_train_step(module, hparams)
-  for _ in range(30):
-    state, _ = train_step(state, target, batch, jax.random.PRNGKey(0))
-  assert int(state.step) == 30
-  assert float(loss_at(state.lookahead)) < initial - 0.3
-  for before, after in zip(jax.tree.leaves(frozen), jax.tree.leaves(target), strict=True):
-    assert np.array_equal(before, np.asarray(after))
-
-
-def test_train_lookahead_resumes_caches_and_loads(tmp_path):
-  module, target, _ = greedy_models()
-  batch = training_batch()
-  make_batches = lambda start: (batch for _ in range(start, 10**6))
-  hparams = pass_lib.PassHParams(num_lookahead=2, learning_rate=3e-2, samples_per_sequence=2)
-  train = lambda path, steps: pass_lib.train_lookahead(
-      module, target, make_batches, steps, path, hparams=hparams, save_every=2, progress=False)
-  straight = train(tmp_path / 'straight.npz', 5)
-  assert straight.steps_trained == 5 and not straight.cached
-  interrupted = train(tmp_path / 'resumed.npz', 3)
-  resumed = train(tmp_path / 'resumed.npz', 5)
-  assert interrupted.steps_trained == 3 and resumed.steps_trained == 2
-  np.testing.assert_array_equal(pass_lib.read_lookahead_file(straight.path)['lookahead'],
-                                pass_lib.read_lookahead_file(resumed.path)['lookahead'])
-  again = train(tmp_path / 'straight.npz', 5)
-  assert again.cached and again.steps_trained == 0
-  loaded = pass_lib.load_pass_drafter(straight.path, module, target)
-  assert loaded.num_extra_positions == 2
-  assert straight.path.stat().st_size < 10_000
+  lookahead = np.asarray(pass_lib.init_lookahead(target, 4, seed=2))
+  fingerprint = pass_lib.params_fingerprint(target)
+  path = pass_lib.save_lookahead(tmp_path / 'sub' / 'lookahead.npz', lookahead, module.config,
+                                 fingerprint, info={'num_steps': 7})
+  assert path.stat().st_size < 10_000 and not list(path.parent.glob('*.tmp*'))
+  contents = pass_lib.read_lookahead_file(path)
+  assert contents['info'] == {'num_steps': 7} and contents['target_fingerprint'] == fingerprint
+  loaded = pass_lib.load_pass_drafter(path, module, target)
+  np.testing.assert_array_equal(loaded.lookahead, lookahead)
+  assert loaded.num_extra_positions == 4 and loaded.truncated(2).num_extra_positions == 2
+  np.testing.assert_array_equal(loaded.truncated(2).lookahead, lookahead[:2])
+  with pytest.raises(ValueError, match=r'num_lookahead must be in \[1, 4\]'):
+    loaded.truncated(5)
+  # The fingerprint follows the weights, not just their shapes.
+  assert pass_lib.params_fingerprint(jax.tree.map(lambda x: x * 1.0001, target)) != fingerprint
+  assert pass_lib.default_lookahead_path('/models/t', 6).as_posix() == \
+      '/models/t/pass_lookahead_L6.npz'
 
 
 def test_lookahead_file_that_does_not_fit_the_target_is_refused(tmp_path):

@@ -1,0 +1,114 @@
+"""The acceptance rule of speculative decoding: which draft tokens a row keeps, and what it emits.
+
+`verify_draft` is steps 3-5 of Algorithm 1 (Leviathan et al. 2023): accept each
+draft token x_i with probability min(1, p(x_i) / q(x_i)) until the first
+rejection, then draw one token from norm(max(0, p − q)) (or from p after full
+acceptance). At temperature 0, p and q are one-hot and the rule reduces to
+"accept while the draft token is the target's argmax". `emitted_block` then cuts
+the accepted block after an EOS and at `max_decode_len`, so a speculative row
+emits exactly what the target alone would.
+
+Shapes: `B` batch, `γ` draft tokens, `V` vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from specdec_t5x import sampling as sampling_lib
+
+Array = jax.Array
+
+
+def verify_draft(rng: Array, target_probs: Array, draft_probs: Array, draft_tokens: Array,
+                 greedy: bool) -> tuple[Array, Array]:
+  """Steps 3-5 of Algorithm 1: how many draft tokens to keep, and the token after them.
+
+  Args:
+    rng: PRNG key (unused when greedy).
+    target_probs: p, `[B, γ+1, V]`, the target's distributions after the
+      prefix and after each draft token.
+    draft_probs: q, `[B, γ, V]`, the distributions the draft tokens came from.
+    draft_tokens: `[B, γ]`.
+    greedy: p and q are one-hot argmaxes; accept while the tokens agree.
+
+  Returns:
+    `(num_accepted [B] in [0, γ], next_token [B])`: next_token ~ norm(max(0,
+    p_{n+1} − q_{n+1})) after a rejection, ~ p_{γ+1} after full acceptance.
+  """
+  batch, gamma = draft_tokens.shape
+  accept_rng, residual_rng = jax.random.split(rng)
+  p_of_draft = jnp.take_along_axis(target_probs[:, :gamma], draft_tokens[..., None], -1)[..., 0]
+  q_of_draft = jnp.take_along_axis(draft_probs, draft_tokens[..., None], -1)[..., 0]
+  if greedy:
+    accepted = p_of_draft > 0.0
+  else:
+    # r < p/q, written without the division: q(x) > 0 for every drawn x.
+    r = jax.random.uniform(accept_rng, (batch, gamma))
+    accepted = r * q_of_draft < p_of_draft
+  num_accepted = jnp.sum(jnp.cumprod(accepted, axis=1), axis=1).astype(jnp.int32)
+
+  # A zero q after the last draft makes "full acceptance" the same residual rule.
+  padded_q = jnp.concatenate([draft_probs, jnp.zeros_like(draft_probs[:, :1])], axis=1)
+  pick = lambda x: jnp.take_along_axis(x, num_accepted[:, None, None], axis=1)[:, 0]
+  p_next, q_next = pick(target_probs), pick(padded_q)
+  if greedy:
+    return num_accepted, sampling_lib.first_argmax(p_next)
+  residual = jnp.maximum(p_next - q_next, 0.0)
+  # p == q exactly gives an empty residual; it can only be reached when the
+  # rejection had probability 0, so falling back to p keeps the law exact.
+  residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0.0, residual, p_next)
+  return num_accepted, sampling_lib.sample_from_probabilities(residual_rng, residual)
+
+
+def emitted_block(draft_tokens: Array, num_accepted: Array, next_token: Array, lengths: Array,
+                  done: Array, *, max_decode_len: int, eos_id: Array) -> tuple[Array, Array, Array]:
+  """The tokens a row emits this iteration: x_1..x_n, then t, cut after EOS and at T.
+
+  Args:
+    draft_tokens: `[B, γ]`.
+    num_accepted: `[B]` n in [0, γ], from `verify_draft`.
+    next_token: `[B]` t, from `verify_draft`.
+    lengths: `[B]` tokens each row had emitted before this iteration.
+    done: `[B]` rows that had already finished (they emit nothing).
+    max_decode_len: T, the most tokens a row emits.
+    eos_id: the id that ends a row.
+
+  Returns:
+    `(block [B, γ+1] with 0 beyond what is kept, num_new [B], ended [B])`:
+    `ended` is whether the kept tokens include an EOS.
+  """
+  gamma = draft_tokens.shape[1]
+  index = jnp.arange(gamma + 1)[None, :]  # [1, γ+1]
+  padded_draft = jnp.concatenate([draft_tokens, jnp.zeros_like(draft_tokens[:, :1])], axis=1)
+  block = jnp.where(index < num_accepted[:, None], padded_draft, next_token[:, None])
+  is_eos = (block == eos_id) & (index <= num_accepted[:, None])
+  eos_cut = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, gamma + 1)
+  num_new = jnp.minimum(jnp.minimum(num_accepted + 1, eos_cut), max_decode_len - lengths)
+  num_new = jnp.where(done, 0, num_new)
+  kept = index < num_new[:, None]
+  return jnp.where(kept, block, 0), num_new, jnp.any(is_eos & kept, axis=1)
+
+
+def verified_betas(target_probs: Array, draft_probs: Array, num_accepted: Array,
+                   num_new: Array) -> tuple[Array, Array]:
+  """β = Σ min(p, q) summed over this iteration's counted positions, and how many were counted.
+
+  The counted positions are those whose prefix is the real output: up to and
+  including the first rejection, and not beyond what the row emitted (EOS, T),
+  as the paper's α is defined.
+
+  Args:
+    target_probs: p, `[B, γ+1, V]`.
+    draft_probs: q, `[B, γ, V]`.
+    num_accepted, num_new: `[B]`, from `verify_draft` and `emitted_block`.
+
+  Returns:
+    `(beta_sum [B] float32, beta_count [B] int32)`.
+  """
+  gamma = draft_probs.shape[1]
+  beta = jnp.sum(jnp.minimum(target_probs[:, :gamma], draft_probs), axis=-1)  # [B, γ]
+  counted = jnp.arange(gamma)[None, :] < jnp.minimum(num_accepted + 1, num_new)[:, None]
+  return (jnp.sum(jnp.where(counted, beta, 0.0), axis=1),
+          jnp.sum(counted, axis=1).astype(jnp.int32))

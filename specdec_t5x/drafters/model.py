@@ -1,0 +1,81 @@
+"""`ModelDrafter`: a smaller T5 as the draft, with its own decode cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import struct
+
+from specdec_t5x import cache as cache_lib
+from specdec_t5x import sampling as sampling_lib
+from specdec_t5x.drafters import base
+
+Array = jax.Array
+
+
+@struct.dataclass
+class ModelDraftState:
+  cache: Any
+  encoded: Array               # [batch, enc_len, emb]
+  encoder_input_tokens: Array  # [batch, enc_len]
+
+
+@struct.dataclass
+class ModelDrafter:
+  """A smaller T5 (`specdec_t5x.network.Transformer`) as the draft, with its own cache.
+
+  Its cache holds the decoder inputs before position `max(length - 1, 0)`.
+  Each proposal starts by feeding the last TWO known inputs: after a fully
+  accepted block the draft has never seen its own last draft token, and
+  re-feeding one position (an overwrite) is cheaper than a branch.
+  """
+
+  module: nn.Module = struct.field(pytree_node=False)
+  params: Any
+
+  @property
+  def vocab_size(self) -> int:
+    return self.module.config.vocab_size
+
+  def init(self, encoder_input_tokens: Array, cache_length: int) -> ModelDraftState:
+    encoded = cache_lib.encode(self.module, self.params, encoder_input_tokens)
+    cache = cache_lib.init_decode_cache(self.module, self.params, encoded, encoder_input_tokens,
+                                        cache_length)
+    return ModelDraftState(cache=cache, encoded=encoded, encoder_input_tokens=encoder_input_tokens)
+
+  def _step(self, state: ModelDraftState, tokens: Array) -> tuple[Array, ModelDraftState]:
+    logits, cache = cache_lib.decode_step(self.module, self.params, state.cache, state.encoded,
+                                          state.encoder_input_tokens, tokens)
+    return logits, state.replace(cache=cache)
+
+  def propose(self, state: ModelDraftState, sequences: Array, lengths: Array, gamma: int,
+              sampling: sampling_lib.SamplingConfig, vocab_size: int,
+              rng: Array) -> tuple[Array, Array, ModelDraftState]:
+    start = jnp.maximum(lengths - 1, 0)
+    pair = jnp.stack([base.last_inputs(sequences, start), base.last_inputs(sequences, start + 1)],
+                     axis=1)
+    # With lengths == 0 the pair is [BOS, junk]: read the logits of BOS and let
+    # the junk position be overwritten by the first draft token.
+    logits, state = self._step(state, pair)
+    logits = jnp.take_along_axis(logits, jnp.minimum(lengths, 1)[:, None, None], axis=1)[:, 0]
+    state = state.replace(cache=cache_lib.rewind(state.cache, lengths + 1))
+    rngs = jax.random.split(rng, gamma)
+    first_token, first_probs = base.draw(rngs[0], logits, sampling, vocab_size)
+
+    def draft_step(carry, step_rng):
+      token, state = carry
+      logits, state = self._step(state, token[:, None])
+      next_token, probs = base.draw(step_rng, logits[:, 0], sampling, vocab_size)
+      return (next_token, state), (next_token, probs)
+
+    (_, state), (tokens, probs) = jax.lax.scan(draft_step, (first_token, state), rngs[1:])
+    tokens = jnp.concatenate([first_token[:, None], jnp.moveaxis(tokens, 0, 1)], axis=1)
+    probs = jnp.concatenate([first_probs[:, None], jnp.moveaxis(probs, 0, 1)], axis=1)
+    return tokens, probs, state
+
+  def accept(self, state: ModelDraftState, sequences: Array, lengths: Array) -> ModelDraftState:
+    del sequences  # the next proposal re-feeds what it needs from them
+    return state.replace(cache=cache_lib.rewind(state.cache, jnp.maximum(lengths - 1, 0)))

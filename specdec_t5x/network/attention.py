@@ -1,0 +1,258 @@
+"""Attention masks, dot-product attention and T5X's multi-head attention with a decode cache.
+
+The decoder self-attention cache (`cache_mode='self'`) takes K >= 1 query
+positions per call and writes them at a per-row position (see
+`MultiHeadDotProductAttention`); it is heads-major, keys `[batch, heads,
+head_dim, length]` and values `[batch, heads, length, head_dim]`, so a step
+reads it without transposing it and writes its entries in place (see
+`_cached_attention`).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen import partitioning as nn_partitioning
+
+from specdec_t5x.network import kernels
+from specdec_t5x.network.layers import DenseGeneral
+
+Array = jax.Array
+with_sharding_constraint = nn_partitioning.with_sharding_constraint
+
+
+def make_attention_mask(query_input: Array, key_input: Array,
+                        pairwise_fn: Callable = jnp.multiply, dtype: Any = jnp.float32) -> Array:
+  """`[batch, 1, q, k]` mask from `[batch, q]` and `[batch, k]` inputs."""
+  mask = pairwise_fn(query_input[..., :, None], key_input[..., None, :])
+  return mask[..., None, :, :].astype(dtype)
+
+
+def combine_masks(*masks: Array | None, dtype: Any = jnp.float32) -> Array | None:
+  """The logical AND of the masks that are not None (None if all are)."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  return functools.reduce(jnp.logical_and, masks).astype(dtype)
+
+
+def make_decoder_mask(decoder_target_tokens: Array, dtype: Any,
+                      decoder_segment_ids: Array | None = None) -> Array:
+  """Causal mask combined with T5X's padding mask (`decoder_target_tokens > 0`)."""
+  idxs = jnp.broadcast_to(jnp.arange(decoder_target_tokens.shape[-1]),
+                          decoder_target_tokens.shape)
+  masks = [make_attention_mask(idxs, idxs, jnp.greater_equal, dtype=dtype),
+           make_attention_mask(decoder_target_tokens > 0, decoder_target_tokens > 0, dtype=dtype)]
+  if decoder_segment_ids is not None:
+    masks.append(make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal,
+                                     dtype=dtype))
+  return combine_masks(*masks, dtype=dtype)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                          dropout_rng: Array | None = None, dropout_rate: float = 0.0,
+                          deterministic: bool = True, dtype: Any = jnp.float32,
+                          float32_logits: bool = False) -> Array:
+  """Attention of `query [b, q, h, d]` over `key`, `value` `[b, k, h, d]`."""
+  if float32_logits:
+    query = query.astype(jnp.float32)
+    key = key.astype(jnp.float32)
+  weights = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  weights = _attention_weights(weights, bias, dropout_rng, dropout_rate, deterministic, dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+def _attention_weights(logits: Array, bias: Array | None, dropout_rng: Array | None,
+                       dropout_rate: float, deterministic: bool, dtype: Any) -> Array:
+  """Softmax of `logits + bias` `[b, h, q, k]` over k, with T5X's attention dropout."""
+  if bias is not None:
+    logits = logits + bias.astype(logits.dtype)
+  weights = jax.nn.softmax(logits).astype(dtype)
+  if not deterministic and dropout_rate > 0.0:
+    keep_prob = 1.0 - dropout_rate
+    shape = list(weights.shape)
+    shape[-2] = 1
+    keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+    weights = weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype))
+  return weights
+
+
+def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
+                      block_key: Array, block_value: Array, block_bias: Array,
+                      dropout_rng: Array | None = None, dropout_rate: float = 0.0,
+                      deterministic: bool = True, dtype: Any = jnp.float32,
+                      float32_logits: bool = False) -> Array:
+  """Attention of q new positions over the cache as it was before them, and over themselves.
+
+  Reading the cache as it was (the entries at and after each row's write
+  position masked out by `bias`) and the q new keys/values directly, instead
+  of the cache after writing them, lets XLA write the new entries in place
+  once the cache has been read. The softmax runs over both parts at once, so
+  the result is that of attending over the written cache.
+
+  Args:
+    query: `[b, q, h, d]`.
+    key: the cache's `[b, h, d, length]`; value: `[b, h, length, d]`. In
+      these heads-major layouts both products read the cache in place; with
+      T5X's `[b, length, h, d]` XLA transposes the whole cache on every call.
+    bias: `[b, h, q, length]` (or broadcastable): relative position bias and
+      the mask of positions not (yet) written for the row.
+    block_key: `[b, h, d, q]`; block_value: `[b, h, q, d]`: the new entries.
+    block_bias: `[b, h, q, q]` (or broadcastable): relative position bias and
+      causal mask among the new positions.
+
+  Returns:
+    `[b, q, h, d]`.
+  """
+  if float32_logits:
+    query = query.astype(jnp.float32)
+    key = key.astype(jnp.float32)
+    block_key = block_key.astype(jnp.float32)
+  few = kernels.attention_uses_matvecs(query.shape[1])
+  if few:
+    cache_logits = kernels.matvecs('bhd,bhdk->bhk', jnp.swapaxes(query, 1, 2), key, axis=2)
+  else:
+    cache_logits = jnp.einsum('bqhd,bhdk->bhqk', query, key)
+  block_logits = jnp.einsum('bqhd,bhdk->bhqk', query, block_key)
+  logits = jnp.concatenate([cache_logits, block_logits], axis=-1)
+  leading = jnp.broadcast_shapes(bias.shape[:-1], block_bias.shape[:-1])
+  bias = jnp.concatenate([jnp.broadcast_to(bias, leading + bias.shape[-1:]),
+                          jnp.broadcast_to(block_bias, leading + block_bias.shape[-1:])], -1)
+  weights = _attention_weights(logits, bias, dropout_rng, dropout_rate, deterministic, dtype)
+  length = key.shape[-1]
+  cache_weights, block_weights = weights[..., :length], weights[..., length:]
+  if few:
+    from_cache = kernels.matvecs('bhk,bhkd->bhd', cache_weights, value, axis=2)
+  else:
+    from_cache = jnp.einsum('bhqk,bhkd->bhqd', cache_weights, value)
+  from_block = jnp.einsum('bhqk,bhkd->bhqd', block_weights, block_value)
+  return jnp.swapaxes(from_cache + from_block, 1, 2)
+
+
+def _mask_to_bias(mask: Array | None, dtype: Any) -> Array | None:
+  if mask is None:
+    return None
+  return jnp.where(mask > 0, 0.0, -1e10).astype(dtype)
+
+
+def _combine_biases(*biases: Array | None) -> Array | None:
+  biases = [b for b in biases if b is not None]
+  return functools.reduce(operator.add, biases) if biases else None
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention with `query`, `key`, `value`, `out` kernels as in T5X.
+
+  Decode-time caching is controlled by `cache_mode`:
+    'none': plain attention (training, encoder, T5X-style cross-attention);
+    'self': causal self-attention over a cache written at per-row positions;
+    'cross': encoder-decoder attention whose projected keys/values are kept
+      in the cache once they have been computed (`fill_cross_cache=True`).
+  """
+
+  num_heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Callable = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+  float32_logits: bool = False
+
+  def _project(self, name: str, inputs: Array, init: Callable) -> Array:
+    dense = DenseGeneral(features=(self.num_heads, self.head_dim), axis=-1,
+                         kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+                         kernel_init=init, name=name)
+    return with_sharding_constraint(dense(inputs), ('batch', 'length', 'heads', 'kv'))
+
+  def _attend_cache_then_write(self, query: Array, key: Array, value: Array,
+                               mask: Array | None, bias: Array | None, block_bias: Array | None,
+                               decode_positions: Array, dropout_rng: Array | None,
+                               deterministic: bool) -> Array:
+    """Attends over the cache and this call's keys/values, then writes those into the cache.
+
+    Args:
+      query: `[b, q, h, d]`; key: `[b, h, d, q]`; value: `[b, h, q, d]`.
+      mask: optional `[b, 1, q, length]` mask over the cache positions.
+      bias, block_bias: relative position biases over the cache positions
+        `[b, h, q, length]` and among the new positions `[b, h, q, q]`.
+      decode_positions: `[b, q]`, consecutive from each row's write position.
+    """
+    cached_key = self.variable('cache', 'cached_key')
+    cached_value = self.variable('cache', 'cached_value')
+    start = decode_positions[:, 0]
+    length, num_queries = cached_key.value.shape[-1], query.shape[1]
+    # Cache entries at or after the write position are stale (or rewound).
+    written = jnp.arange(length)[None, :] < start[:, None]
+    cache_mask = combine_masks(mask, written[:, None, None, :])
+    causal = jnp.arange(num_queries)[None, :] <= jnp.arange(num_queries)[:, None]
+    x = _cached_attention(
+        query, cached_key.value, cached_value.value,
+        _combine_biases(_mask_to_bias(cache_mask, self.dtype), bias), key, value,
+        _combine_biases(_mask_to_bias(causal[None, None], self.dtype), block_bias),
+        dropout_rng=dropout_rng, dropout_rate=self.dropout_rate, deterministic=deterministic,
+        dtype=self.dtype, float32_logits=self.float32_logits)
+    # A zero that depends on the attention: it orders the writes after the
+    # reads of the cache, which lets XLA write in place instead of copying the
+    # cache (a barrier does not survive to buffer assignment; XLA does not
+    # fold x * 0.0 because of NaN/inf).
+    after_reads = 0.0 * x[(0,) * x.ndim].astype(key.dtype)
+    cached_key.value = kernels.write_rows(cached_key.value, key + after_reads, start, axis=3)
+    cached_value.value = kernels.write_rows(cached_value.value, value + after_reads, start, axis=2)
+    return x
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None = None,
+               bias: Array | None = None, *, decode_positions: Array | None = None,
+               block_bias: Array | None = None, cache_mode: str = 'none',
+               fill_cross_cache: bool = False, deterministic: bool = False) -> Array:
+    """Attends `inputs_q [b, q, e]` over `inputs_kv [b, k, e]` (or the cache).
+
+    Args:
+      decode_positions: `[b, q]` absolute positions of the queries, for
+        `cache_mode='self'` once the cache exists.
+      block_bias: `[b, h, q, q]` relative position bias among the q queries,
+        for `cache_mode='self'` once the cache exists (`bias` then covers the
+        cache positions).
+    """
+    depth_scaling = jnp.sqrt(self.head_dim).astype(self.dtype)
+    query_init = lambda *args: self.kernel_init(*args) / depth_scaling
+    query = self._project('query', inputs_q, query_init)
+
+    if cache_mode == 'cross' and self.has_variable('cache', 'cached_cross_key'):
+      # Keys/values of the encoder output were projected once for this request.
+      key = self.get_variable('cache', 'cached_cross_key')
+      value = self.get_variable('cache', 'cached_cross_value')
+    else:
+      key = self._project('key', inputs_kv, self.kernel_init)
+      value = self._project('value', inputs_kv, self.kernel_init)
+      if cache_mode == 'cross' and fill_cross_cache:
+        self.variable('cache', 'cached_cross_key', lambda: key)
+        self.variable('cache', 'cached_cross_value', lambda: value)
+
+    dropout_rng = (self.make_rng('dropout')
+                   if not deterministic and self.dropout_rate > 0.0 else None)
+    if cache_mode == 'self' and self.has_variable('cache', 'cached_key'):
+      # Heads-major (see `_cached_attention`): keys [b, h, d, q], values [b, h, q, d].
+      x = self._attend_cache_then_write(
+          query, jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 1, 3)), mask,
+          bias, block_bias, decode_positions, dropout_rng, deterministic)
+    else:
+      if cache_mode == 'self':
+        # The call that creates the cache (over dummy tokens, its output unused).
+        length = key.shape[1]
+        self.variable('cache', 'cached_key', jnp.zeros,
+                      (key.shape[0], self.num_heads, self.head_dim, length), key.dtype)
+        self.variable('cache', 'cached_value', jnp.zeros,
+                      (value.shape[0], self.num_heads, length, self.head_dim), value.dtype)
+      x = dot_product_attention(
+          query, key, value, bias=_combine_biases(_mask_to_bias(mask, self.dtype), bias),
+          dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+          deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits)
+    return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
+                        kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(x)
+

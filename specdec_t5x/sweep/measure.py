@@ -1,0 +1,194 @@
+"""One cell's measurement: speculative against autoregressive decoding, α, c, scoring, theory.
+
+A cell decodes its inputs batch by batch with the jitted `speculative_decode`
+and the jitted `autoregressive_decode`, interleaved (which goes first
+alternates), after compilation and warm-up; then `bench.timing.step_costs`
+times one target step, one scoring call and one proposal on its first batch.
+`summarize_cell` turns the per-batch figures into the record the store keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from specdec_t5x import decoding, theory
+from specdec_t5x import sampling as sampling_lib
+from specdec_t5x.bench import timing
+from specdec_t5x.drafters import registry
+from specdec_t5x.sweep.cells import Cell
+from specdec_t5x.sweep.config import EOS_ID, max_gamma
+from specdec_t5x.sweep.loading import LoadedModel, SweepContext
+
+# The per-batch figures of a cell (`record['per_batch']`).
+ROW_NAMES = ('autoregressive_s', 'speculative_s', 'autoregressive_tokens', 'speculative_tokens',
+             'iterations', 'draft_iterations', 'accepted', 'beta_sum', 'beta_weight',
+             'beta_count', 'mismatched_rows')
+
+Run = Callable[[int], tuple[float, Any]]  # batch index -> (seconds, decoder output)
+
+
+def _decode_rng(seed: int, index: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
+                  batches: np.ndarray) -> tuple[Run, Run]:
+  """Timed calls of both decoders on batch `index` of `batches [num_batches, B, L]`."""
+  config = context.config
+  common = dict(max_decode_len=config.tasks[cell.task].max_decode_len, eos_id=EOS_ID,
+                temperature=cell.temperature, top_k=config.top_k, top_p=config.top_p)
+
+  def autoregressive(index: int) -> tuple[float, Any]:
+    return timing.timed(lambda: decoding.autoregressive_decode(
+        target.module, target.params, batches[index], rng=_decode_rng(config.seed, index),
+        **common))
+
+  def speculative(index: int) -> tuple[float, Any]:
+    return timing.timed(lambda: decoding.speculative_decode(
+        target.module, target.params, drafter, batches[index], gamma=cell.gamma,
+        rng=_decode_rng(config.seed, index), **common))
+
+  return autoregressive, speculative
+
+
+def add_batch(rows: dict[str, list], ar_s: float, ar: decoding.DecodeOutput, spec_s: float,
+              spec: decoding.SpeculativeOutput, greedy: bool) -> None:
+  """Appends one batch's figures to `rows` (lists keyed by `ROW_NAMES`).
+
+  Args:
+    rows: the cell's per-batch figures so far.
+    ar_s, ar: the autoregressive decode's seconds and output (`[B, T]` tokens).
+    spec_s, spec: the speculative decode's, on the same batch.
+    greedy: temperature 0, where both outputs must agree token for token.
+  """
+  beta_count = np.asarray(spec.beta_count)
+  rows['autoregressive_s'].append(ar_s)
+  rows['speculative_s'].append(spec_s)
+  rows['autoregressive_tokens'].append(int(np.sum(ar.lengths)))
+  rows['speculative_tokens'].append(int(np.sum(spec.lengths)))
+  rows['iterations'].append(int(np.sum(spec.iterations)))
+  rows['draft_iterations'].append(int(np.sum(spec.draft_iterations)))
+  rows['accepted'].append(int(np.sum(spec.accepted)))
+  # Each row's beta_mean is over its beta_count verified positions: weight it by them.
+  rows['beta_sum'].append(float(np.sum(np.asarray(spec.beta_mean) * beta_count)))
+  # 'beta_weight' is what 'beta_sum' is weighted by; records before beta_count existed have
+  # accepted + iterations there, and no 'beta_count' (see `pooled_alpha`).
+  rows['beta_weight'].append(int(beta_count.sum()))
+  rows['beta_count'].append(int(beta_count.sum()))
+  if greedy:
+    same = np.all(np.asarray(ar.tokens) == np.asarray(spec.tokens), axis=1)
+    rows['mismatched_rows'].append(int((~same).sum()))
+
+
+def _interleaved(cell: Cell, autoregressive: Run, speculative: Run) -> dict[str, list]:
+  """Both decoders on every batch; which goes first alternates, so drifting load hits both."""
+  rows: dict[str, list] = {name: [] for name in ROW_NAMES}
+  for index in range(cell.num_batches):
+    if index % 2 == 0:
+      ar_s, ar = autoregressive(index)
+      spec_s, spec = speculative(index)
+    else:
+      spec_s, spec = speculative(index)
+      ar_s, ar = autoregressive(index)
+    add_batch(rows, ar_s, ar, spec_s, spec, greedy=cell.temperature == 0.0)
+  return rows
+
+
+def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
+  """Runs one cell: speculative vs autoregressive on the same inputs, α, c, scoring, theory.
+
+  Returns the record (JSON-able) that `CellStore` keeps; see `specdec_t5x.sweep`.
+  """
+  config = context.config
+  task = config.tasks[cell.task]
+  target = context.target(cell.task)
+  drafter = registry.for_gamma(context.drafter(cell.draft, cell.task), cell.gamma)
+  inputs = context.inputs(cell.task, cell.num_inputs)
+  batches = inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])
+  started = time.perf_counter()
+  autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches)
+  # The first call compiles (or loads from the persistent cache); then warm up.
+  first_autoregressive_s, first = autoregressive(0)
+  first_speculative_s, _ = speculative(0)
+  for _ in range(config.timing.warmup_runs):
+    autoregressive(0)
+    speculative(0)
+  rows = _interleaved(cell, autoregressive, speculative)
+  step_costs = timing.step_costs(
+      target.module, target.params, drafter, batches[0], np.asarray(first.tokens),
+      gamma=cell.gamma,
+      sampling=sampling_lib.make_sampling_config(cell.temperature, config.top_k, config.top_p),
+      max_decode_len=task.max_decode_len,
+      # Room for γ+1 positions and as many look-ahead ones (see `registry.for_gamma`).
+      cache_length=task.max_decode_len + 2 * max_gamma(config) + 1,
+      rounds=config.timing.step_rounds, sample_ms=config.timing.step_sample_ms,
+      prefix=config.timing.step_prefix, seed=config.seed)
+  record = summarize_cell(cell, rows, step_costs)
+  record.update(
+      first_call_s={'autoregressive': first_autoregressive_s, 'speculative': first_speculative_s},
+      draft_kind=config.drafts[cell.draft].kind, target_params=target.num_params,
+      draft_params=context.draft_params(cell.draft, cell.task),
+      input_length=int(inputs.shape[1]), max_decode_len=task.max_decode_len,
+      wall_s=time.perf_counter() - started)
+  return record
+
+
+def pooled_alpha(rows: Mapping[str, Sequence[Any]]) -> float:
+  """α (mean β) pooled over a cell's batches: Σ β over Σ verified positions.
+
+  Records measured before `SpeculativeOutput` had `beta_count` lack the
+  'beta_count' rows; their `beta_sum` was weighted by accepted + iterations (the
+  'beta_weight' rows), so they pool by that old weight (which biases α low).
+  """
+  weights = rows['beta_count'] if 'beta_count' in rows else rows['beta_weight']
+  return sum(rows['beta_sum']) / max(sum(weights), 1)
+
+
+def acceptance_alpha(rows: Mapping[str, Sequence[Any]], gamma: int) -> float:
+  """`theory.alpha_from_acceptance` over the iterations that verified γ draft tokens.
+
+  A look-ahead drafter's draft-less first call accepts nothing and is not counted;
+  records without 'draft_iterations' rows (older ones) count every iteration.
+  """
+  iterations = sum(rows['draft_iterations'] if 'draft_iterations' in rows
+                   else rows['iterations'])
+  return float(theory.alpha_from_acceptance(sum(rows['accepted']), max(iterations, 1), gamma))
+
+
+def summarize_cell(cell: Cell, rows: Mapping[str, Sequence[Any]],
+                   step_costs: Mapping[str, Any]) -> dict[str, Any]:
+  """A cell's record from its per-batch figures and step costs (speedup, α, theory)."""
+  ar_rate = np.asarray(rows['autoregressive_tokens']) / np.asarray(rows['autoregressive_s'])
+  spec_rate = np.asarray(rows['speculative_tokens']) / np.asarray(rows['speculative_s'])
+  speedup = timing.quantiles(spec_rate / ar_rate)
+  alpha_beta = pooled_alpha(rows)
+  c, scoring_cost = step_costs['c'], step_costs['scoring_cost']
+  theory_paper = float(theory.walltime_improvement(alpha_beta, cell.gamma, c))
+  theory_measured = float(theory.walltime_improvement_measured(alpha_beta, cell.gamma, c,
+                                                               scoring_cost))
+  return {
+      'key': cell.key, **dataclasses.asdict(cell),
+      'per_batch': {name: list(values) for name, values in rows.items()},
+      'speedup': speedup['median'], 'speedup_q25': speedup['q25'],
+      'speedup_q75': speedup['q75'],
+      'autoregressive_tokens_per_s': float(sum(rows['autoregressive_tokens'])
+                                           / sum(rows['autoregressive_s'])),
+      'speculative_tokens_per_s': float(sum(rows['speculative_tokens'])
+                                        / sum(rows['speculative_s'])),
+      'alpha_beta': float(alpha_beta), 'alpha_acceptance': acceptance_alpha(rows, cell.gamma),
+      'tokens_per_iteration': sum(rows['speculative_tokens']) / max(sum(rows['iterations']), 1),
+      'expected_tokens_per_iteration': float(theory.expected_tokens_per_iteration(
+          alpha_beta, cell.gamma)),
+      **step_costs,
+      'theory_paper': theory_paper, 'theory_measured': theory_measured,
+      'measured_over_theory_paper': speedup['median'] / theory_paper,
+      'measured_over_theory_measured': speedup['median'] / theory_measured,
+      'greedy_mismatched_rows': (sum(rows['mismatched_rows']) if rows['mismatched_rows']
+                                 else None),
+  }

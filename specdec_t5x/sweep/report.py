@@ -1,0 +1,318 @@
+"""The Markdown reports of a sweep: Table 2 / Table 3 analogs, throughput, the peer; `write_report`.
+
+Everything here reads records (the dicts `CellStore` keeps; see `measure.summarize_cell`
+and `peer_hf.measure_peer` for their keys) and never measures: results/ can be
+rewritten from a store on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from specdec_t5x import paper, paths, theory
+from specdec_t5x.bench import report as bench_report
+from specdec_t5x.bench.report import markdown_table
+from specdec_t5x.sweep import plots
+from specdec_t5x.sweep.config import SweepConfig
+from specdec_t5x.sweep.markdown import fmt
+from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
+from specdec_t5x.sweep.store import CellStore, current_peer_records, current_records
+
+TABLE2_HEAD = ('Task', 'Mq', 'Temp', 'γ', 'α (β)', 'α (accept.)', 'Speed',
+               'Theory (paper formula)', 'Theory (measured scoring)', 'Measured / theory', 'c',
+               'scoring cost γ+1', 'γ* theory', 'Paper row', 'Paper γ', 'Paper α', 'Paper speed',
+               'Paper speed / paper-formula theory')
+
+
+def _draft_label(config: SweepConfig, record: Mapping[str, Any]) -> str:
+  label = config.drafts[record['draft']].label
+  params = record.get('draft_params')
+  return f'{label} ({params / 1e6:.1f}M)' if params else label
+
+
+def best_cells(config: SweepConfig, records: Sequence[Mapping[str, Any]],
+               section: str = 'grid') -> list[dict[str, Any]]:
+  """The fastest γ per (task, draft, temperature, batch), with the theory's optimal γ.
+
+  The theory's γ* maximises `walltime_improvement_measured` with the mean α
+  over the group's cells, their median c, and their scoring costs by γ.
+  """
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for record in records:
+    if record['section'] == section:
+      groups.setdefault((record['task'], record['draft'], record['temperature'],
+                         record['batch']), []).append(record)
+  best = []
+  for group in groups.values():
+    top = max(group, key=lambda r: r['speedup'])
+    alpha = float(np.mean([r['alpha_beta'] for r in group]))
+    c = float(np.median([r['c'] for r in group]))
+    by_gamma = {r['gamma']: r['scoring_cost'] for r in group}
+    predicted = {g: float(theory.walltime_improvement_measured(alpha, g, c, s))
+                 for g, s in by_gamma.items()}
+    theory_gamma = max(predicted, key=predicted.get)
+    best.append({**top, 'alpha_mean_over_gamma': alpha, 'c_median_over_gamma': c,
+                 'theory_best_gamma': theory_gamma,
+                 'theory_best_speedup': predicted[theory_gamma],
+                 'gammas_measured': sorted(by_gamma)})
+  return best
+
+
+def _machine_line(records: Sequence[Mapping[str, Any]]) -> str:
+  if not records:
+    return ''
+  machine = records[-1]['machine']
+  loads = [r['load_average_1min'] for r in records]
+  dates = sorted(r['date'] for r in records)
+  return (f"Machine: {machine['nproc']} CPU cores ({machine['cpu_model']}), jax "
+          f"{machine['jax']} ({machine['jax_backend']}), fp32. Measured {dates[0]} to "
+          f"{dates[-1]}; 1-minute load average during the cells {min(loads):.1f}-"
+          f"{max(loads):.1f} (the machine is shared: absolute times are noisy, the ratios are "
+          f"measured interleaved under the same load).")
+
+
+def _commands(records: Sequence[Mapping[str, Any]]) -> str:
+  commands = sorted({r.get('command', '') for r in records if r.get('command')})
+  return '\n'.join(f'    {command}' for command in commands) or '    (not recorded)'
+
+
+def _table2_row(config: SweepConfig, b: Mapping[str, Any]) -> list[str]:
+  """One row of `TABLE2_HEAD` from a best cell (`best_cells`)."""
+  task, draft = config.tasks[b['task']], config.drafts[b['draft']]
+  row = paper.paper_table2_row(task.paper_task, draft.paper_name, b['temperature'])
+  ours = [
+      task.label, _draft_label(config, b), f"{b['temperature']:g}", str(b['gamma']),
+      fmt(b['alpha_beta']), fmt(b['alpha_acceptance']), fmt(b['speedup'], 2, 'x'),
+      fmt(b['theory_paper'], 2, 'x'), fmt(b['theory_measured'], 2, 'x'),
+      fmt(b['measured_over_theory_measured']), fmt(b['c'], 3), fmt(b['scoring_cost']),
+      f"{b['theory_best_gamma']}"]
+  if row is None:
+    return ours + ['—'] * 5
+  formula = theory.walltime_improvement(row['alpha'], row['gamma'],
+                                        paper.PAPER_C[draft.paper_name])
+  return ours + [f"{task.paper_task} / {draft.paper_name}", str(row['gamma']),
+                 fmt(row['alpha']), fmt(row['speed'], 1, 'x'), fmt(row['speed'] / formula)]
+
+
+def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
+  """The paper's Table 2 columns for our model drafts, with theory and the paper's numbers."""
+  best = [b for b in best_cells(config, records)
+          if config.drafts[b['draft']].kind == 'model' and b['batch'] == 1]
+  rows = [_table2_row(config, b) for b in best]
+  target = records[0] if records else {}
+  target_params = target.get('target_params')
+  mismatched = sum(r['greedy_mismatched_rows'] or 0 for r in records
+                   if r['section'] == 'grid')
+  greedy_rows = sum(r['num_inputs'] for r in records
+                    if r['section'] == 'grid' and r['temperature'] == 0.0)
+  description = [
+      f'# Table 2 analog: speculative vs autoregressive decoding ({config.name} sweep)',
+      f'Sweep config `{config.name}`: {config.description}',
+      'Each row is the fastest γ of its (task, draft, temperature) cell at batch 1, as the '
+      'paper reports. **Speed** is the median over inputs of speculative tokens/s over '
+      'autoregressive tokens/s, both jitted, on the same inputs and interleaved input by input, '
+      'after compilation and warm-up. **α (β)** is the mean of β = Σ min(p, q) over the '
+      'verified positions (the paper\'s definition); **α (accept.)** inverts E[tokens per '
+      'iteration] from the acceptance counts (`theory.alpha_from_acceptance`). **c** is one '
+      'drafter proposal of γ tokens / γ over one target decoder step, and **scoring cost** one '
+      'target call on γ+1 positions over one on 1 position, both timed in the same cell '
+      '(chained in one jitted loop, interleaved rounds, medians). **Theory (paper formula)** is '
+      '(1 − α^{γ+1}) / ((1 − α)(γc + 1)) with the measured α and c; **Theory (measured '
+      'scoring)** replaces the 1 by the measured scoring cost; **Measured / theory** uses the '
+      'latter. **γ\\* theory** is the γ the measured-scoring theory would pick. The paper\'s '
+      'columns are its T5-XXL Table 2 (TPU-v4), with its speed over its own formula (its α, '
+      'γ and measured c) in the last column.',
+      f'Target: {config.models[config.target].name}'
+      + (f' ({target_params / 1e6:.1f}M parameters)' if target_params else '') + '. '
+      + 'Tasks: ' + '; '.join(
+          f'{t.label} = ' + (f'{t.seqio_task} {t.split}' if t.seqio_task else 'synthetic inputs')
+          + f' (max {t.max_decode_len} output tokens)' for t in config.tasks.values()
+          if any(r['task'] == t.name for r in records)) + '.',
+      f'Greedy exactness: {mismatched} of {greedy_rows} greedy speculative outputs differ from '
+      'the autoregressive ones (over all γ).',
+      markdown_table(TABLE2_HEAD, rows),
+      _machine_line(records),
+      'Made by:\n\n' + _commands(records),
+  ]
+  return '\n\n'.join(p for p in description if p) + '\n'
+
+
+def table3_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
+                    skipped: Mapping[str, str] | None = None) -> str:
+  """α of every draft (cheap and model) per task and temperature, next to the paper's."""
+  grid = [r for r in records if r['section'] == 'grid' and r['batch'] == 1]
+  best = {(b['task'], b['draft'], b['temperature']): b for b in best_cells(config, grid)}
+  temperatures = sorted({r['temperature'] for r in grid})
+  rows = []
+  for task in config.tasks.values():
+    for draft in config.drafts.values():
+      cells = [r for r in grid if r['task'] == task.name and r['draft'] == draft.name]
+      if not cells:
+        continue
+      row = [task.label, _draft_label(config, cells[0]), draft.kind]
+      for temperature in temperatures:
+        at_t = [r for r in cells if r['temperature'] == temperature]
+        alpha = float(np.mean([r['alpha_beta'] for r in at_t])) if at_t else None
+        theirs = paper.paper_alpha(task.paper_task, draft.paper_name, temperature)
+        top = best.get((task.name, draft.name, temperature))
+        row += [fmt(alpha), fmt(theirs),
+                '—' if top is None else f"{top['speedup']:.2f}x (γ={top['gamma']})"]
+      rows.append(row)
+  head = ['Task', 'Draft', 'Kind']
+  for temperature in temperatures:
+    head += [f'α T={temperature:g}', f'paper α T={temperature:g}',
+             f'best speed T={temperature:g}']
+  reasons = {key.split('/')[2]: reason for key, reason in (skipped or {}).items()
+             if key.startswith('grid/')}
+  measured = {r['draft'] for r in grid}
+  missing = [d for d in (config.grid.drafts if config.grid else ()) if d not in measured]
+  paragraphs = [
+      f'# Table 3 analog: α of each draft ({config.name} sweep)',
+      f'Sweep config `{config.name}`: {config.description}',
+      'α is the mean of β = Σ min(p, q) over the verified positions, averaged over the γ '
+      'cells of the grid (batch 1). The paper\'s α for unigram and bigram drafts is its '
+      'Table 3 (T5-XXL); for T5-small/base/large drafts it is the α of its Table 2. The best '
+      'speed is the fastest γ of the same grid.',
+      markdown_table(head, rows),
+      ('Drafts of the config without measurements: '
+       + '; '.join(f'{d} ({reasons.get(d, "not run, or unavailable when the sweep ran")})'
+                   for d in missing) + '.') if missing else '',
+      _machine_line(grid),
+      'Made by:\n\n' + _commands(grid),
+  ]
+  return '\n\n'.join(p for p in paragraphs if p) + '\n'
+
+
+def throughput_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
+  """Tokens/s of both decoders per batch size (a section of table2.md)."""
+  rows = []
+  for r in records:
+    if r['section'] != 'throughput':
+      continue
+    rows.append([config.tasks[r['task']].label, _draft_label(config, r), f"{r['temperature']:g}",
+                 str(r['gamma']), str(r['batch']), fmt(r['autoregressive_tokens_per_s'], 1),
+                 fmt(r['speculative_tokens_per_s'], 1), fmt(r['speedup'], 2, 'x'),
+                 fmt(r['alpha_beta']), fmt(r['scoring_cost']), fmt(r['theory_measured'], 2,
+                                                                       'x')])
+  if not rows:
+    return ''
+  head = ['Task', 'Draft', 'Temp', 'γ', 'Batch', 'AR tokens/s', 'Spec. tokens/s', 'Speed',
+          'α', 'scoring cost γ+1', 'Theory (measured scoring)']
+  return '\n\n'.join([
+      '## Throughput over batch sizes',
+      'Total tokens / total time over the same inputs at every batch size. A batch runs until '
+      'its slowest row ends, in both decoders; rows accept different counts, and the target '
+      'call on B × (γ+1) positions costs more as B grows, which is where batching eats the '
+      'win.',
+      markdown_table(head, rows)]) + '\n'
+
+
+def peer_markdown(config: SweepConfig, peers: Sequence[Mapping[str, Any]]) -> str:
+  """results/peer_hf.md: Hugging Face assisted generation against ours on the same weights."""
+  if not peers:
+    return ''
+  paragraphs = [
+      '# Peer: Hugging Face assisted generation on the same weights',
+      f'Sweep config `{config.name}`: {config.description}',
+      'The target and the draft checkpoints are converted with `hf_convert.to_hf_model` to '
+      '`T5ForConditionalGeneration` (fp32, PyTorch). Per input (batch 1, greedy), in rotating '
+      'order: our `speculative_decode` at γ, our `autoregressive_decode`, HF `generate` without '
+      'and with `assistant_model=` under each assistant setting; the times are wall times of '
+      'one call after warm-up, medians over inputs. HF\'s best setting is its fastest.']
+  for p in peers:
+    task = config.tasks[p['task']]
+    ms = p['median_ms']
+    rows = [[name, fmt(value, 1), str(p['output_tokens'][name])] for name, value in ms.items()]
+    agreement_rows = [[name.replace('_vs_', ' vs '), f"{a['identical']} / {a['of']}",
+                       ', '.join(f"input {d['input']} from token {d['first_differing_position']}"
+                                 for d in a['differing'][:8]) or '—']
+                      for name, a in p['agreement'].items()]
+    settings = '; '.join(f'{name}: ' + ', '.join(f'{k}={v}' for k, v in s.items())
+                         for name, s in p['hf_settings'].items())
+    paragraphs += [
+        f"## {task.label}: draft {config.drafts[p['draft']].label}, our γ = {p['gamma']}, "
+        f"{p['num_inputs']} inputs",
+        f'HF assistant settings tried: {settings}. Torch threads: {p["torch_threads"]}.',
+        markdown_table(['method', 'median ms per input', 'output tokens (all inputs)'], rows),
+        markdown_table(['outputs', 'identical', 'differences (first differing token)'],
+                  agreement_rows),
+        f"**HF at its best ({p['best_hf_assisted']}) takes "
+        f"{p['hf_best_over_ours_speculative']:.2f}x the time of our speculative decoding** "
+        f"(median of per-input ratios). HF's assisted generation is "
+        f"{p['hf_speedup_over_hf_greedy']:.2f}x its own greedy `generate`; ours is "
+        f"{p['ours_speedup_over_ours_autoregressive']:.2f}x our autoregressive decode; HF "
+        f"greedy takes {p['hf_greedy_over_ours_autoregressive']:.2f}x the time of ours."]
+  paragraphs += [_machine_line(peers), 'Made by:\n\n' + _commands(peers)]
+  return '\n\n'.join(p for p in paragraphs if p) + '\n'
+
+
+
+def _paper_figures() -> dict[str, Any]:
+  """The paper's Table 2, c and Table 3, as sweep.json records them."""
+  return {'table2': [dict(zip(('task', 'mq', 'temperature', 'gamma', 'alpha', 'speed'), row,
+                              strict=True)) for row in paper.PAPER_TABLE2],
+          'c': paper.PAPER_C,
+          'table3': [{'task': t, 'draft': d, 'alpha_t0': a0, 'alpha_t1': a1}
+                     for (t, d), (a0, a1) in paper.PAPER_TABLE3.items()]}
+
+
+def _summary(config: SweepConfig, store: CellStore, records: list[dict[str, Any]],
+             peers: list[dict[str, Any]], projection: list[dict[str, Any]],
+             skipped: Mapping[str, str] | None) -> dict[str, Any]:
+  """results/sweep.json: the config, every current record, the best cells, the projection."""
+  all_records, damaged = store.read()
+  grid = [r for r in records if r['section'] == 'grid']
+  return {
+      'config_name': config.name, 'config': config.raw,
+      # Results files name no directory of this machine: the store as `{cache}/...`.
+      'store': paths.portable_path(store.path), 'generated': bench_report.utc_date(),
+      'commands': sorted({r.get('command', '') for r in records + peers}),
+      'cells': records, 'best': best_cells(config, grid) if grid else [],
+      'throughput': [r for r in records if r['section'] == 'throughput'],
+      'peer_hf': peers, 'projection_tpu': projection,
+      'skipped': dict(skipped or {}),
+      'store_records_not_current': len(all_records) - len(records) - len(peers),
+      'store_damaged_lines': damaged,
+      'paper': _paper_figures(),
+  }
+
+
+def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.PathLike,
+                 skipped: Mapping[str, str] | None = None) -> list[pathlib.Path]:
+  """Writes the tables, plots and sweep.json from the store's current records.
+
+  Returns the files written. Sections without records write nothing.
+  """
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  records = current_records(config, store)
+  peers = current_peer_records(config, store)
+  projection = tpu_projection(scoring_curve(records))
+  written = []
+
+  def write(name: str, text: str) -> None:
+    (output_dir / name).write_text(text)
+    written.append(output_dir / name)
+
+  grid = [r for r in records if r['section'] == 'grid']
+  if grid:
+    write('table2.md', table2_markdown(config, grid) + '\n' + throughput_markdown(config, records))
+    write('table3.md', table3_markdown(config, grid, skipped))
+    plots.plot_speedup_vs_gamma(config, grid, output_dir / 'speedup_vs_gamma.png')
+    plots.plot_alpha(config, grid, output_dir / 'alpha.png')
+    written += [output_dir / 'speedup_vs_gamma.png', output_dir / 'alpha.png']
+  if any(r['section'] == 'throughput' for r in records):
+    plots.plot_throughput(config, records, output_dir / 'throughput.png')
+    written.append(output_dir / 'throughput.png')
+  if peers:
+    write('peer_hf.md', peer_markdown(config, peers))
+  write('projection_tpu.md', projection_markdown(projection, records))
+  summary = _summary(config, store, records, peers, projection, skipped)
+  write('sweep.json', json.dumps(summary, indent=1, sort_keys=True, allow_nan=True) + '\n')
+  return written

@@ -1,0 +1,157 @@
+"""The append-only store of finished cells, and the plan: what is done, to do or stale.
+
+A record is current when its `key` and `fingerprint` match a cell of the config
+(`cells.cell_fingerprint`); the store never rewrites a line, so an interrupted
+sweep resumes where it stopped and a changed config re-measures only its changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from specdec_t5x.sweep.cells import (
+  Cell,
+  cell_fingerprint,
+  enumerate_cells,
+  filter_cells,
+  peer_fingerprint,
+  peer_key,
+)
+from specdec_t5x.sweep.config import SECTIONS, SweepConfig
+
+
+class CellStore:
+  """Finished cells, one JSON object per line, appended and never rewritten.
+
+  A record is current when its `key` and `fingerprint` match a cell of the
+  config; records of an older config stay in the file but are not used. A
+  kill in the middle of an append leaves a partial last line: it is skipped
+  on reading, and the next append starts on a fresh line.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path)
+
+  def read(self) -> tuple[list[dict[str, Any]], int]:
+    """`(records in file order, number of unreadable lines)`."""
+    if not self.path.exists():
+      return [], 0
+    records, damaged = [], 0
+    with open(self.path, encoding='utf-8') as lines:
+      for line in lines:
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          damaged += 1
+          continue
+        if isinstance(record, dict) and 'key' in record and 'fingerprint' in record:
+          records.append(record)
+        else:
+          damaged += 1
+    return records, damaged
+
+  def current(self) -> dict[tuple[str, str], dict[str, Any]]:
+    """`{(key, fingerprint): record}`; the first record wins if a pair repeats."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in self.read()[0]:
+      found.setdefault((record['key'], record['fingerprint']), record)
+    return found
+
+  def append(self, record: Mapping[str, Any]) -> None:
+    """Appends one record durably (flushed and fsynced before returning)."""
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, allow_nan=True) + '\n'
+    with open(self.path, 'a+b') as file:
+      file.seek(0, os.SEEK_END)
+      if file.tell() > 0:
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) != b'\n':
+          line = '\n' + line  # close the partial line an interrupted append left
+      file.write(line.encode('utf-8'))
+      file.flush()
+      os.fsync(file.fileno())
+
+
+@dataclasses.dataclass
+class PlanItem:
+  """A cell or peer measurement with its store identity and status ('done', 'todo', 'stale')."""
+
+  key: str
+  fingerprint: str
+  status: str
+  cell: Cell | None = None
+  peer_task: str | None = None
+  peer_gamma: int | None = None
+  note: str = ''
+
+
+def best_gamma(records: Iterable[Mapping[str, Any]], task: str, draft: str,
+               temperature: float = 0.0, batch: int = 1) -> int | None:
+  """The γ of the fastest grid cell for (task, draft, temperature, batch), if any ran."""
+  matching = [r for r in records if r['section'] == 'grid' and r['task'] == task
+              and r['draft'] == draft and r['temperature'] == temperature
+              and r['batch'] == batch]
+  return max(matching, key=lambda r: r['speedup'])['gamma'] if matching else None
+
+
+def plan(config: SweepConfig, store: CellStore, sections: Sequence[str] = SECTIONS,
+         patterns: Sequence[str] | None = None) -> list[PlanItem]:
+  """Every cell of the chosen sections with its status against the store."""
+  current = store.current()
+  stored_keys = {key for key, _ in current}
+  items = []
+  for cell in filter_cells(enumerate_cells(config, sections), patterns):
+    fingerprint = cell_fingerprint(config, cell)
+    status = ('done' if (cell.key, fingerprint) in current
+              else 'stale' if cell.key in stored_keys else 'todo')
+    items.append(PlanItem(cell.key, fingerprint, status, cell=cell))
+  if 'peer_hf' in sections and config.peer_hf is not None:
+    grid_records = current_records(config, store)
+    for task in config.peer_hf.tasks:
+      key = peer_key(task, config.peer_hf.draft)
+      if patterns and not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+        continue
+      gamma, note = config.peer_hf.gamma, ''
+      if gamma == 'best':
+        found = best_gamma(grid_records, task, config.peer_hf.draft)
+        gamma = found if found is not None else config.peer_hf.fallback_gamma
+        note = ('the best of the grid at T=0, batch 1' if found is not None else
+                'fallback_gamma until grid cells at T=0, batch 1 exist')
+      fingerprint = peer_fingerprint(config, task, gamma)
+      status = ('done' if (key, fingerprint) in current
+                else 'stale' if key in stored_keys else 'todo')
+      items.append(PlanItem(key, fingerprint, status, peer_task=task, peer_gamma=gamma,
+                            note=f'γ={gamma}: {note}' if note else f'γ={gamma}'))
+  return items
+
+
+def current_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
+  """The stored grid/throughput records whose fingerprint matches the config, in grid order."""
+  current = store.current()
+  records = []
+  for cell in enumerate_cells(config):
+    record = current.get((cell.key, cell_fingerprint(config, cell)))
+    if record is not None:
+      records.append(record)
+  return records
+
+
+def current_peer_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
+  """The stored peer records that match the config (any γ the plan would choose now)."""
+  if config.peer_hf is None:
+    return []
+  current = store.current()
+  found = []
+  for item in plan(config, store, sections=('peer_hf',)):
+    record = current.get((item.key, item.fingerprint))
+    if record is not None:
+      found.append(record)
+  return found

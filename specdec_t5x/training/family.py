@@ -1,0 +1,361 @@
+"""The model families of configs/family.json: a target and its drafts, trained alike.
+
+A family names its seqio mixture, batch shape, data seed, T5X hyperparameters and
+models (`name`, `role` 'target' or 'draft', network `preset`, `num_steps`,
+optional `overrides`); `check_family` refuses a malformed one and
+`check_param_ratio` a target that is not `min_target_param_ratio` times the
+largest draft. Each model trains with `training.train` into
+
+  $SPECDEC_CACHE_DIR/models/<family>/<model>/checkpoint_<steps>/
+
+and `train_models` records sizes and times in `<family>/training.json`. Paths in
+that file are machine-free (`{cache}/models/...`, repository files relative to
+the checkout; `resolve_recorded_path` reads them back).
+
+`load_family_target` loads a family's target (or any checkpoint and preset):
+what the PaSS training and the cheap-draft measurements run on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from specdec_t5x import checkpoints, network, paths
+from specdec_t5x.training import loop, models
+
+DEFAULT_CONFIG = paths.repo_root() / 'configs' / 'family.json'
+TRAINING_SUMMARY = 'training.json'
+TARGET_ROLE = 'target'
+DRAFT_ROLE = 'draft'
+FAMILY_KEYS = ('description', 'mixture', 'feature_lengths', 'pack', 'batch_size', 'data_seed',
+               'hparams', 'save_every', 'min_target_param_ratio', 'models', 'eval')
+MODEL_KEYS = ('name', 'role', 'preset', 'num_steps')
+
+
+# ---------------------------------------------------------------------------------------------
+# The family configuration.
+
+
+def family_entry(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG,
+                 hint: str = '') -> dict[str, Any]:
+  """The family `name` of the JSON file `config_path`, unchecked.
+
+  `hint` ends the error of a missing file (what to do about it).
+  """
+  config_path = pathlib.Path(config_path)
+  if not config_path.is_file():
+    raise ValueError(f'family configuration not found: {config_path}{hint}')
+  families = json.loads(config_path.read_text()).get('families', {})
+  if name not in families:
+    raise ValueError(f'unknown family {name!r} in {config_path}; known: {sorted(families)}')
+  return families[name]
+
+
+def load_family(name: str, config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict[str, Any]:
+  """The family `name` of the JSON file `config_path`, checked (see `check_family`)."""
+  family = family_entry(name, config_path)
+  check_family(name, family)
+  return family
+
+
+def _check_model(name: str, model: Mapping[str, Any]) -> None:
+  missing = [key for key in MODEL_KEYS if key not in model]
+  if missing:
+    raise ValueError(f'family {name!r}: model {model.get("name", model)} lacks {missing}')
+  if model['role'] not in (TARGET_ROLE, DRAFT_ROLE):
+    raise ValueError(f'family {name!r}: model {model["name"]!r} has role {model["role"]!r}; '
+                     f'expected {TARGET_ROLE!r} or {DRAFT_ROLE!r}')
+  if model['preset'] not in network.PRESETS:
+    raise ValueError(f'family {name!r}: model {model["name"]!r} has unknown preset '
+                     f'{model["preset"]!r}; known: {sorted(network.PRESETS)}')
+  if model['num_steps'] < 1:
+    raise ValueError(f'family {name!r}: model {model["name"]!r} needs num_steps >= 1')
+
+
+def check_family(name: str, family: Mapping[str, Any]) -> None:
+  """Raises a `ValueError` naming what is missing or malformed in a family's configuration."""
+  missing = [key for key in FAMILY_KEYS if key not in family]
+  if missing:
+    raise ValueError(f'family {name!r} lacks {missing}')
+  if set(family['feature_lengths']) != {'inputs', 'targets'} or min(
+      family['feature_lengths'].values()) < 1:
+    raise ValueError(f'family {name!r}: feature_lengths must give positive "inputs" and '
+                     f'"targets", got {family["feature_lengths"]}')
+  if family['batch_size'] < 1 or family['save_every'] < 1:
+    raise ValueError(f'family {name!r}: batch_size and save_every must be >= 1')
+  if not family['models']:
+    raise ValueError(f'family {name!r} has no models')
+  for model in family['models']:
+    _check_model(name, model)
+  names = [model['name'] for model in family['models']]
+  if len(set(names)) != len(names):
+    raise ValueError(f'family {name!r}: model names repeat: {names}')
+  roles = [model['role'] for model in family['models']]
+  if roles.count(TARGET_ROLE) != 1 or DRAFT_ROLE not in roles:
+    raise ValueError(f'family {name!r} needs exactly one {TARGET_ROLE!r} and at least one '
+                     f'{DRAFT_ROLE!r}, got roles {roles}')
+  models.TrainHParams(**family['hparams'])  # its own checks name a bad value
+
+
+def model_config(model: Mapping[str, Any]) -> network.T5Config:
+  """The `T5Config` of one model entry: its preset with the entry's `overrides`."""
+  return network.config_from_preset(model['preset'], **model.get('overrides', {}))
+
+
+def train_hparams(family: Mapping[str, Any]) -> models.TrainHParams:
+  return models.TrainHParams(**family['hparams'])
+
+
+def count_params(config: network.T5Config) -> int:
+  """Parameters of `Transformer(config)`, from shapes only (nothing is initialised)."""
+  shapes = jax.eval_shape(lambda: models.init_params(config))
+  return int(sum(leaf.size for leaf in jax.tree.leaves(shapes)))
+
+
+def target_model(family: Mapping[str, Any]) -> dict[str, Any]:
+  return next(model for model in family['models'] if model['role'] == TARGET_ROLE)
+
+
+def check_param_ratio(family: Mapping[str, Any]) -> dict[str, int]:
+  """Parameter counts by model name; raises unless the target is big enough.
+
+  The target must have at least `min_target_param_ratio` times the parameters of the
+  largest draft (the paper's T5-XXL is 14x T5-large).
+  """
+  counts = {model['name']: count_params(model_config(model)) for model in family['models']}
+  target = target_model(family)['name']
+  largest_draft = max(count for name, count in counts.items() if name != target)
+  ratio = counts[target] / largest_draft
+  if ratio < family['min_target_param_ratio']:
+    raise ValueError(f'the target has {counts[target]:,} parameters, only {ratio:.2f}x the '
+                     f'largest draft ({largest_draft:,}); the family asks for at least '
+                     f'{family["min_target_param_ratio"]}x')
+  return counts
+
+
+def describe(config: network.T5Config) -> str:
+  """`d512 h8 L6/6 mlp1024 v8192`: width, heads, encoder/decoder layers, MLP width, vocab."""
+  return (f'd{config.emb_dim} h{config.num_heads} L{config.num_encoder_layers}/'
+          f'{config.num_decoder_layers} mlp{config.mlp_dim} v{config.vocab_size}')
+
+
+def config_dict(config: network.T5Config) -> dict[str, Any]:
+  """`config` as JSON-able values (the dtype by name)."""
+  return {field.name: (jax.numpy.dtype(value).name if field.name == 'dtype'
+                       else list(value) if isinstance(value, tuple) else value)
+          for field in dataclasses.fields(config)
+          for value in [getattr(config, field.name)]}
+
+
+def plan_lines(family_name: str, family: Mapping[str, Any], selected: Sequence[Mapping[str, Any]],
+               counts: Mapping[str, int]) -> list[str]:
+  """What `scripts/train_family.py` prints before training: the data, then one line a model."""
+  target_params = counts[target_model(family)['name']]
+  lines = [f'family {family_name!r}: {family["mixture"]}, batch {family["batch_size"]} '
+           f'{"packed " if family["pack"] else ""}rows of {family["feature_lengths"]}']
+  for model in selected:
+    lines.append(f'  {model["name"]:<8} {describe(model_config(model)):<32} '
+                 f'{counts[model["name"]] / 1e6:6.1f}M params (target/this '
+                 f'{target_params / counts[model["name"]]:5.1f}x), {model["num_steps"]} steps')
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Where things go, and machine-free paths.
+
+
+def models_dir(family_name: str) -> pathlib.Path:
+  """`$SPECDEC_CACHE_DIR/models/<family>`."""
+  return paths.cache_dir('models', family_name)
+
+
+def model_dir(family_name: str, model_name: str) -> pathlib.Path:
+  """`$SPECDEC_CACHE_DIR/models/<family>/<model>`: resumable state and the T5X checkpoint."""
+  return paths.cache_dir('models', family_name, model_name)
+
+
+def batches_dir(family_name: str) -> pathlib.Path:
+  """`$SPECDEC_CACHE_DIR/batches/<family>`: the family's training batches, materialised once."""
+  return paths.cache_dir('batches', family_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def make_batch_factory(family_name: str, family: Mapping[str, Any], *,
+                       progress: bool = True) -> loop.BatchFactory:
+  """`make_batches(start)` over the family's mixture, in a fixed order shared by all models.
+
+  The batches are produced once by seqio and kept as arrays (see
+  `tasks.cached_train_batches`), so the drafts do not pay for the TF pipeline again.
+  """
+  from specdec_t5x.data import tasks  # TensorFlow is slow to import; --dry-run skips it
+
+  num_batches = max(model['num_steps'] for model in family['models'])
+  return tasks.cached_train_batches(
+      batches_dir(family_name), family['mixture'], family['batch_size'], num_batches,
+      progress=progress, lengths=family['feature_lengths'], seed=family['data_seed'],
+      pack=family['pack'])
+
+
+def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str, Any], *,
+                progress: bool = True) -> dict[str, Any]:
+  """Trains (or finds trained) one model; returns its row of training.json."""
+  config = model_config(model)
+  started = time.perf_counter()
+  summary = models.train(
+      config, make_batch_factory(family_name, family, progress=progress), model['num_steps'],
+      model_dir(family_name, model['name']), hparams=train_hparams(family),
+      save_every=family['save_every'], progress=progress,
+      desc=f'{family_name}/{model["name"]} ({describe(config)})')
+  return {
+      'name': model['name'], 'role': model['role'], 'preset': model['preset'],
+      'architecture': describe(config), 'config': config_dict(config),
+      'num_params': summary.num_params, 'num_steps': summary.num_steps,
+      'batch_size': family['batch_size'], 'feature_lengths': dict(family['feature_lengths']),
+      'pack': family['pack'], 'train_seconds': summary.train_seconds,
+      'seconds_per_step': summary.train_seconds / summary.num_steps,
+      'final_train_loss': summary.final_loss,
+      'checkpoint': paths.portable_path(summary.checkpoint_dir),
+      'cached': summary.cached, 'wall_seconds_this_run': time.perf_counter() - started,
+      'load_average_1min_at_end': os.getloadavg()[0],
+  }
+
+
+def keep_recorded_load(row: dict[str, Any], earlier: Mapping[str, Any] | None) -> dict[str, Any]:
+  """For a model this run found cached, the load average recorded when it was trained."""
+  resolve = paths.resolve_portable_path
+  if (row['cached'] and earlier and 'checkpoint' in earlier
+      and resolve(earlier['checkpoint']) == resolve(row['checkpoint'])):
+    row['load_average_1min_at_end'] = earlier.get('load_average_1min_at_end')
+  return row
+
+
+def training_summary(family_name: str, family: Mapping[str, Any], config_path: pathlib.Path,
+                     rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The contents of training.json: the family, this machine, and one row per model."""
+  return {
+      'family': family_name, 'config_file': paths.portable_path(config_path),
+      'mixture': family['mixture'], 'hparams': dataclasses.asdict(train_hparams(family)),
+      'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
+                  'jax': jax.__version__},
+      'total_train_seconds': sum(row['train_seconds'] for row in rows),
+      'models': list(rows)}
+
+
+def train_models(family_name: str, family: Mapping[str, Any], selected: Sequence[Mapping[str, Any]],
+                 config_path: pathlib.Path, *, progress: bool = True,
+                 log: Callable[[str], None] = print) -> pathlib.Path:
+  """Trains `selected` models of the family in order, updating training.json after each.
+
+  Rows of models not trained in this run are kept from the previous training.json.
+  Returns the path of training.json.
+  """
+  # Compiled train steps are reused by a resumed run.
+  jax.config.update('jax_compilation_cache_dir', str(paths.cache_dir('jax_compilation_cache')))
+  summary_path = models_dir(family_name) / TRAINING_SUMMARY
+  previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+  rows = {row['name']: row for row in previous.get('models', [])}
+  for model in selected:
+    row = train_model(family_name, family, model, progress=progress)
+    state = 'cached' if row['cached'] else f'trained in {row["wall_seconds_this_run"]:.0f} s'
+    log(f'[{model["name"]}] {state}: {row["num_steps"]} steps, '
+        f'{row["train_seconds"] / 60:.1f} min of training, final loss '
+        f'{row["final_train_loss"]}, {row["checkpoint"]}')
+    rows[model['name']] = keep_recorded_load(row, rows.get(model['name']))
+    ordered = [rows[m['name']] for m in family['models'] if m['name'] in rows]
+    loop.write_json_atomically(summary_path,
+                               training_summary(family_name, family, config_path, ordered),
+                               sort_keys=False)
+  return summary_path
+
+
+# ---------------------------------------------------------------------------------------------
+# A family's target, loaded (for PaSS training and the cheap-draft measurements).
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyTarget:
+  module: network.Transformer
+  params: Any
+  model_dir: pathlib.Path  # where look-ahead files go, beside checkpoint_<step>/
+  preset: str
+  label: str
+
+
+_TARGET_HINT = ('; train the family (scripts/train_family.py) or pass '
+                '--target-checkpoint/--target-preset')
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+  """The command-line flags of `target_from_args`."""
+  parser.add_argument('--family', default='default',
+                      help='family in --family-config whose "target" model is used')
+  parser.add_argument('--family-config', type=pathlib.Path, default=DEFAULT_CONFIG,
+                      help='the family configuration (scripts/train_family.py)')
+  parser.add_argument('--target-checkpoint', default=None,
+                      help='a T5X checkpoint (model dir or checkpoint_<step>) instead of the '
+                           'family\'s; needs --target-preset')
+  parser.add_argument('--target-preset', default=None,
+                      help='network preset of --target-checkpoint (see network.PRESETS)')
+  parser.add_argument('--target-overrides', type=json.loads, default={},
+                      help='JSON of T5Config fields that override --target-preset\'s')
+
+
+def target_spec(family: str = 'default', family_config: str | os.PathLike = DEFAULT_CONFIG, *,
+                target_checkpoint: str | os.PathLike | None = None,
+                target_preset: str | None = None,
+                target_overrides: Mapping[str, Any] | None = None
+                ) -> tuple[network.T5Config, pathlib.Path, str, str]:
+  """`(config, checkpoint, preset, label)`: the given checkpoint, else the family's target."""
+  if target_checkpoint or target_preset:
+    if not (target_checkpoint and target_preset):
+      raise ValueError('--target-checkpoint and --target-preset go together')
+    config = network.config_from_preset(target_preset, **dict(target_overrides or {}))
+    return config, pathlib.Path(target_checkpoint), target_preset, target_preset
+  entry = family_entry(family, family_config, hint=_TARGET_HINT)
+  target = next((model for model in entry['models'] if model.get('role') == TARGET_ROLE), None)
+  if target is None:
+    raise ValueError(f'family {family!r} has no model with role "target"')
+  return (model_config(target), paths.cache_dir('models', family, target['name']),
+          target['preset'], f'{family}/{target["name"]} ({target["preset"]})')
+
+
+def load_family_target(family: str = 'default', family_config: str | os.PathLike = DEFAULT_CONFIG,
+                       **checkpoint: Any) -> FamilyTarget:
+  """The target's module and parameters (checked against its config); see `target_spec`."""
+  config, checkpoint_path, preset, label = target_spec(family, family_config, **checkpoint)
+  params = checkpoints.load_t5x_params(checkpoint_path, config)
+  directory = (checkpoint_path.parent if checkpoint_path.name.startswith('checkpoint_')
+               else checkpoint_path)
+  return FamilyTarget(module=network.Transformer(config),
+                      params=jax.tree.map(jax.numpy.asarray, params), model_dir=directory,
+                      preset=preset, label=label)
+
+
+def target_from_args(args: argparse.Namespace) -> FamilyTarget:
+  """`load_family_target` with the flags of `add_target_arguments`."""
+  return load_family_target(args.family, args.family_config,
+                            target_checkpoint=args.target_checkpoint,
+                            target_preset=args.target_preset,
+                            target_overrides=args.target_overrides)
+
+
+__all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'FamilyTarget',
+           'family_entry', 'load_family', 'check_family', 'model_config', 'train_hparams',
+           'count_params', 'target_model', 'check_param_ratio', 'describe', 'config_dict',
+           'plan_lines', 'models_dir', 'model_dir', 'batches_dir',
+           'make_batch_factory', 'train_model', 'keep_recorded_load', 'training_summary',
+           'train_models', 'add_target_arguments', 'target_spec', 'load_family_target',
+           'target_from_args']
