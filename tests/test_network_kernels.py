@@ -1,4 +1,9 @@
-"""The CPU-tuned kernels compute what the plain ops compute; switched off, results do not change."""
+"""The CPU-tuned kernels compute what the plain ops compute, and apply where `decode_kernels` says.
+
+Both paths are forced on CPU ('cpu' and 'plain'): same logits, same cache,
+same greedy tokens; 'auto' traces the CPU path here and the plain one when
+the backend reports itself as a GPU or TPU.
+"""
 
 import functools
 
@@ -6,11 +11,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_params, random_inputs
+from conftest import perturb, random_inputs
 
 from specdec_t5x import cache as cache_lib
-from specdec_t5x import network
+from specdec_t5x import decoding, drafters, network
 from specdec_t5x.network import kernels
+
+CACHE_LENGTH = 16
+PREFIX = 4
+MAX_K = 8
+
+
+def _config(decode_kernels: str, **overrides) -> network.T5Config:
+  fields = dict(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=1,
+                num_decoder_layers=1, head_dim=8, mlp_dim=32, dtype=jnp.float32,
+                mlp_activations=('gelu', 'linear'), dropout_rate=0.0)
+  return network.T5Config(**{**fields, **overrides}, decode_kernels=decode_kernels)
+
+
+@pytest.fixture(scope='module')
+def params():
+  x = jnp.ones((1, 4), jnp.int32)
+  return network.Transformer(_config('plain')).init(jax.random.PRNGKey(0), x, x, x,
+                                                    enable_dropout=False)['params']
 
 
 def test_matvecs_equals_einsum():
@@ -33,16 +56,18 @@ def test_matvecs_rows_have_the_bits_of_one_row():
     np.testing.assert_array_equal(got[i], one_row(rows[i], weights))
 
 
+@pytest.mark.parametrize('decode_kernels', ['cpu', 'plain'])
 @pytest.mark.parametrize('batch', [3, kernels.WRITE_ROWS_MAX_UNROLLED + 1])  # unrolled, looped
 @pytest.mark.parametrize('axis', [2, 3])
-def test_write_rows_equals_per_row_slice_writes(batch, axis):
+def test_write_rows_equals_per_row_slice_writes(batch, axis, decode_kernels):
   rng = np.random.default_rng(batch + axis)
   cache = rng.normal(size=(batch, 2, 9, 9)).astype(np.float32)
   update_shape = list(cache.shape)
   update_shape[axis] = 3
   update = rng.normal(size=update_shape).astype(np.float32)
   starts = rng.integers(0, 7, batch).astype(np.int32)
-  got = jax.jit(functools.partial(kernels.write_rows, axis=axis))(cache, update, starts)
+  write = functools.partial(kernels.write_rows, axis=axis, decode_kernels=decode_kernels)
+  got = jax.jit(write)(cache, update, starts)
   expected = cache.copy()
   for row, start in enumerate(starts):
     index = [row, slice(None), slice(None), slice(None)]
@@ -51,31 +76,95 @@ def test_write_rows_equals_per_row_slice_writes(batch, axis):
   np.testing.assert_array_equal(got, expected)
 
 
-def _decode_step(module, params, encoder_tokens, decoder_inputs, k):
-  """`(logits [B, k, V], number of products)` of a decode step of k positions after a prefix.
+def _steps_after_ragged_prefix(module, params, encoder_tokens, decoder_inputs):
+  """`(logits, caches)` of decode steps of K = 1..MAX_K positions, each from the same cache.
 
-  Traced afresh, so the kernels' constants are read now.
+  The cache holds a prefix of `PREFIX` positions, then is rewound to a
+  different position per row, so that each row writes at its own offset.
   """
+  batch = encoder_tokens.shape[0]
   encoded = cache_lib.encode(module, params, encoder_tokens)
-  cache = cache_lib.init_decode_cache(module, params, encoded, encoder_tokens, 16)
+  cache = cache_lib.init_decode_cache(module, params, encoded, encoder_tokens, CACHE_LENGTH)
+  step = functools.partial(cache_lib.decode_step, module, params, encoded=encoded,
+                           encoder_input_tokens=encoder_tokens)
+  _, cache = step(cache=cache, decoder_input_tokens=decoder_inputs[:, :PREFIX])
+  cache = cache_lib.rewind(cache, PREFIX - jnp.arange(batch) % PREFIX)
+  outputs = [step(cache=cache, decoder_input_tokens=decoder_inputs[:, PREFIX:PREFIX + k])
+             for k in range(1, MAX_K + 1)]
+  return [logits for logits, _ in outputs], [cache for _, cache in outputs]
+
+
+@pytest.mark.parametrize('batch', [1, 2, 3, 4, 5])
+def test_decode_steps_agree_across_kernels(params, batch):
+  """K = 1..8 positions: the CPU paths and the plain products give the same logits and cache."""
+  encoder_tokens = random_inputs(batch, 7, 64, batch)
+  decoder_inputs = np.random.default_rng(batch).integers(2, 64, (batch, PREFIX + MAX_K))
+  results = {}
+  for mode in ('cpu', 'plain'):
+    run = jax.jit(functools.partial(_steps_after_ragged_prefix, network.Transformer(_config(mode))))
+    results[mode] = run(params, encoder_tokens, decoder_inputs.astype(np.int32))
+  (cpu_logits, cpu_caches), (plain_logits, plain_caches) = results['cpu'], results['plain']
+  for k, (cpu, plain) in enumerate(zip(cpu_logits, plain_logits, strict=True), start=1):
+    assert cpu.shape == (batch, k, 64)
+    np.testing.assert_allclose(cpu, plain, rtol=1e-5, atol=1e-5, err_msg=f'K={k}')
+  for cpu, plain in zip(jax.tree.leaves(cpu_caches), jax.tree.leaves(plain_caches), strict=True):
+    np.testing.assert_allclose(cpu, plain, rtol=1e-5, atol=1e-5)
+
+
+def _step_jaxpr(mode: str, params, batch: int = 2, k: int = 2) -> str:
+  """The jaxpr of one decode step of `k` positions (batch * k rows: few enough for matvecs)."""
+  module = network.Transformer(_config(mode))
+  encoder_tokens = random_inputs(batch, 5, 64, 0)
+  encoded = cache_lib.encode(module, params, encoder_tokens)
+  cache = cache_lib.init_decode_cache(module, params, encoded, encoder_tokens, CACHE_LENGTH)
   step = lambda p, c, t: cache_lib.decode_step(module, p, c, encoded, encoder_tokens, t)
-  _, cache = jax.jit(step)(params, cache, decoder_inputs[:, :4])
-  window = decoder_inputs[:, 4:4 + k]
-  products = str(jax.make_jaxpr(step)(params, cache, window)).count('dot_general')
-  return jax.jit(step)(params, cache, window)[0], products
+  return str(jax.make_jaxpr(step)(params, cache, jnp.ones((batch, k), jnp.int32)))
 
 
-@pytest.mark.parametrize('k', [1, 3, 8])
-def test_decode_step_equals_the_plain_products(tiny_config, monkeypatch, k):
-  module, params = network.Transformer(tiny_config), init_params(tiny_config, seed=0)
-  vocab = tiny_config.vocab_size
-  encoder_tokens = random_inputs(1, 7, vocab, 0)
-  decoder_inputs = np.random.default_rng(0).integers(1, vocab, (1, 12)).astype(np.int32)
-  tuned, tuned_products = _decode_step(module, params, encoder_tokens, decoder_inputs, k)
-  # The constants are read at trace time, from `kernels`: 0 switches every trick off.
-  monkeypatch.setattr(kernels, 'MATVEC_MAX_ROWS', 0)
-  monkeypatch.setattr(kernels, 'ATTENTION_MATVEC_MAX_QUERIES', 0)
-  plain, plain_products = _decode_step(module, params, encoder_tokens, decoder_inputs, k)
-  np.testing.assert_allclose(tuned, plain, rtol=0, atol=1e-5)
-  if k > 1:  # the switch took effect: one product per row instead of one per layer
-    assert tuned_products > plain_products
+def test_auto_traces_the_cpu_paths_on_cpu(params):
+  assert jax.default_backend() == 'cpu'
+  cpu, plain, auto = (_step_jaxpr(mode, params) for mode in ('cpu', 'plain', 'auto'))
+  assert auto == cpu
+  # The paths differ: one product per row, per-row in-place writes vs a scatter.
+  assert cpu.count('dot_general') > plain.count('dot_general')
+  assert 'scatter' not in cpu and cpu.count('dynamic_update_slice') >= 4
+  assert plain.count(' scatter[') == 2 * _config('plain').num_decoder_layers  # keys, values
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_auto_traces_the_plain_products_elsewhere(params, monkeypatch, backend):
+  plain = _step_jaxpr('plain', params)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert _step_jaxpr('auto', params) == plain
+  assert _step_jaxpr('cpu', params) != plain  # forcing the CPU paths still works there
+
+
+def test_greedy_tokens_agree_across_kernels(params):
+  encoder_tokens = random_inputs(3, 6, 64, 7)
+  draft_params = perturb(params, 0.3, seed=1)
+  tokens = {}
+  for mode in ('cpu', 'plain'):
+    target = network.Transformer(_config(mode))
+    drafter = drafters.ModelDrafter(network.Transformer(_config(mode)), draft_params)
+    tokens[mode, 'autoregressive'] = decoding.autoregressive_decode(
+        target, params, encoder_tokens, max_decode_len=12).tokens
+    spec = decoding.speculative_decode(target, params, drafter, encoder_tokens, gamma=3,
+                                       max_decode_len=12)
+    assert 0 < int(jnp.sum(spec.accepted)) < int(jnp.sum(spec.iterations)) * 3  # 0 < α < 1
+    tokens[mode, 'speculative'] = spec.tokens
+  reference = tokens['cpu', 'autoregressive']
+  assert int(jnp.sum(reference > 1)) > 12  # rows decoded beyond a token or two
+  for key, got in tokens.items():
+    np.testing.assert_array_equal(got, reference, err_msg=str(key))
+
+
+def test_a_bad_value_is_a_clear_error(params):
+  with pytest.raises(ValueError, match=r"decode_kernels must be one of \('auto', 'cpu', 'plain'\)"):
+    _config('gpu')
+  with pytest.raises(ValueError, match='decode_kernels must be one of'):
+    _config('plain').replace(decode_kernels='fast')
+  with pytest.raises(ValueError, match="got 'CPU'"):
+    kernels.uses_cpu_paths('CPU')
+  dense = network.DenseGeneral(4, decode_kernels='tpu')  # a module built without a T5Config
+  with pytest.raises(ValueError, match='decode_kernels must be one of'):
+    dense.init(jax.random.PRNGKey(0), jnp.ones((2, 3)))

@@ -24,7 +24,8 @@ What differs is the decode cache (`decode=True`):
 
 Modules, bottom up: `config` (`T5Config`, `PRESETS`), `kernels` (the
 CPU-tuned per-row products and cache writes: decoding is bound by reading
-the weights), `layers` (dense, norm, embedding, relative position bias, MLP),
+the weights; they apply where the backend is CPU, or where
+`T5Config.decode_kernels` asks), `layers` (dense, norm, embedding, relative position bias, MLP),
 `attention` (masks, attention over the cache), `transformer` (encoder,
 decoder, `Transformer`).
 """
@@ -38,6 +39,7 @@ from specdec_t5x.network.attention import (
   make_decoder_mask,
 )
 from specdec_t5x.network.config import (
+  EXECUTION_FIELDS,
   NUM_RELPOS_BUCKETS,
   PRESETS,
   RELPOS_MAX_DISTANCE,
@@ -61,8 +63,8 @@ from specdec_t5x.network.transformer import (
 )
 
 __all__ = [
-    'NUM_RELPOS_BUCKETS', 'PRESETS', 'RELPOS_MAX_DISTANCE', 'Decoder', 'DecoderLayer',
-    'DenseGeneral', 'Embed', 'Encoder', 'EncoderLayer', 'LayerNorm', 'MlpBlock',
+    'EXECUTION_FIELDS', 'NUM_RELPOS_BUCKETS', 'PRESETS', 'RELPOS_MAX_DISTANCE', 'Decoder',
+    'DecoderLayer', 'DenseGeneral', 'Embed', 'Encoder', 'EncoderLayer', 'LayerNorm', 'MlpBlock',
     'MultiHeadDotProductAttention', 'RelativePositionBiases', 'T5Config', 'Transformer',
     'combine_masks', 'config_from_preset', 'dot_product_attention', 'kernels',
     'make_attention_mask', 'make_decoder_mask', 'relative_position_bucket',

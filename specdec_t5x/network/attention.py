@@ -87,7 +87,7 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
                       block_key: Array, block_value: Array, block_bias: Array,
                       dropout_rng: Array | None = None, dropout_rate: float = 0.0,
                       deterministic: bool = True, dtype: Any = jnp.float32,
-                      float32_logits: bool = False) -> Array:
+                      float32_logits: bool = False, decode_kernels: str = 'auto') -> Array:
   """Attention of q new positions over the cache as it was before them, and over themselves.
 
   Reading the cache as it was (the entries at and after each row's write
@@ -106,6 +106,8 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
     block_key: `[b, h, d, q]`; block_value: `[b, h, q, d]`: the new entries.
     block_bias: `[b, h, q, q]` (or broadcastable): relative position bias and
       causal mask among the new positions.
+    decode_kernels: `T5Config.decode_kernels`; with the CPU-tuned paths a few
+      queries read the cache one at a time (`kernels.attention_uses_matvecs`).
 
   Returns:
     `[b, q, h, d]`.
@@ -114,7 +116,7 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
     query = query.astype(jnp.float32)
     key = key.astype(jnp.float32)
     block_key = block_key.astype(jnp.float32)
-  few = kernels.attention_uses_matvecs(query.shape[1])
+  few = kernels.attention_uses_matvecs(query.shape[1], decode_kernels)
   if few:
     cache_logits = kernels.matvecs('bhd,bhdk->bhk', jnp.swapaxes(query, 1, 2), key, axis=2)
   else:
@@ -154,6 +156,8 @@ class MultiHeadDotProductAttention(nn.Module):
     'self': causal self-attention over a cache written at per-row positions;
     'cross': encoder-decoder attention whose projected keys/values are kept
       in the cache once they have been computed (`fill_cross_cache=True`).
+  `decode_kernels` (`T5Config.decode_kernels`) chooses the products and
+  cache writes of the decode step (`specdec_t5x.network.kernels`).
   """
 
   num_heads: int
@@ -162,11 +166,12 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Callable = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
   float32_logits: bool = False
+  decode_kernels: str = 'auto'
 
   def _project(self, name: str, inputs: Array, init: Callable) -> Array:
     dense = DenseGeneral(features=(self.num_heads, self.head_dim), axis=-1,
                          kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
-                         kernel_init=init, name=name)
+                         kernel_init=init, decode_kernels=self.decode_kernels, name=name)
     return with_sharding_constraint(dense(inputs), ('batch', 'length', 'heads', 'kv'))
 
   def _attend_cache_then_write(self, query: Array, key: Array, value: Array,
@@ -195,14 +200,17 @@ class MultiHeadDotProductAttention(nn.Module):
         _combine_biases(_mask_to_bias(cache_mask, self.dtype), bias), key, value,
         _combine_biases(_mask_to_bias(causal[None, None], self.dtype), block_bias),
         dropout_rng=dropout_rng, dropout_rate=self.dropout_rate, deterministic=deterministic,
-        dtype=self.dtype, float32_logits=self.float32_logits)
+        dtype=self.dtype, float32_logits=self.float32_logits,
+        decode_kernels=self.decode_kernels)
     # A zero that depends on the attention: it orders the writes after the
     # reads of the cache, which lets XLA write in place instead of copying the
     # cache (a barrier does not survive to buffer assignment; XLA does not
     # fold x * 0.0 because of NaN/inf).
     after_reads = 0.0 * x[(0,) * x.ndim].astype(key.dtype)
-    cached_key.value = kernels.write_rows(cached_key.value, key + after_reads, start, axis=3)
-    cached_value.value = kernels.write_rows(cached_value.value, value + after_reads, start, axis=2)
+    write = functools.partial(kernels.write_rows, starts=start,
+                              decode_kernels=self.decode_kernels)
+    cached_key.value = write(cached_key.value, key + after_reads, axis=3)
+    cached_value.value = write(cached_value.value, value + after_reads, axis=2)
     return x
 
   @nn.compact
@@ -254,5 +262,6 @@ class MultiHeadDotProductAttention(nn.Module):
           dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
           deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits)
     return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
-                        kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, name='out')(x)
+                        kernel_axes=('joined_kv', 'embed'), dtype=self.dtype,
+                        decode_kernels=self.decode_kernels, name='out')(x)
 

@@ -8,14 +8,30 @@ from typing import Any
 import jax.numpy as jnp
 from flax import struct
 
+from specdec_t5x.network import kernels
+
 # T5's relative position buckets (`relpos_bias/rel_embedding [heads, NUM_RELPOS_BUCKETS]`).
 NUM_RELPOS_BUCKETS = 32
 RELPOS_MAX_DISTANCE = 128
 
+# `T5Config` fields that choose how the network runs, not what it is: a record
+# of a trained model (train_config.json) can leave them out, so that a run
+# recorded before they existed still matches.
+EXECUTION_FIELDS = ('decode_kernels',)
+
 
 @struct.dataclass
 class T5Config:
-  """Hyperparameters, with the fields (and defaults) of T5X's example `T5Config`."""
+  """Hyperparameters, with the fields (and defaults) of T5X's example `T5Config`.
+
+  One field is ours, and is not part of the model: `decode_kernels` chooses
+  how the decoder step runs its products and cache writes, 'auto' (the
+  CPU-tuned paths iff `jax.default_backend()` is CPU when a call is traced),
+  'cpu' (always) or 'plain' (never: one `dot_general` / `einsum` per product,
+  vmapped cache writes); see `specdec_t5x.network.kernels` for why and for the
+  limits of 'auto'. No parameter depends on it and outputs only by rounding.
+  It is static (not a pytree leaf) and checked here.
+  """
 
   vocab_size: int
   dtype: Any = jnp.float32
@@ -29,6 +45,10 @@ class T5Config:
   dropout_rate: float = 0.1
   logits_via_embedding: bool = False
   float32_attention_logits: bool = False
+  decode_kernels: str = struct.field(pytree_node=False, default='auto')
+
+  def __post_init__(self):
+    kernels.check_decode_kernels(self.decode_kernels)
 
 
 _T5_1_1 = dict(vocab_size=32128, head_dim=64, mlp_activations=('gelu', 'linear'),

@@ -1,10 +1,9 @@
-"""CPU-tuned products and cache writes of the decoder step, and when they apply.
+"""CPU-tuned products and cache writes of the decoder step, and where they apply.
 
 These are tricks for XLA:CPU, where a decode step is bound by reading the
 weights and the cache. They compute what the plain ops they replace compute
 (the rounding may differ: every row of `matvecs` gets the bits of a one-row
-call). They apply on every backend today (the thresholds below are the only
-switch) and were measured on CPU only (results/scoring_cost.md).
+call) and were measured on CPU only (results/scoring_cost.md).
 
 * Per-row matrix-vector products (`matvecs`). Decoding feeds a few rows per
   call (K query positions times the batch). XLA:CPU multiplies one row by a
@@ -24,6 +23,24 @@ switch) and were measured on CPU only (results/scoring_cost.md).
   are unrolled; beyond, they run in a loop so the program does not grow with
   the batch.
 
+Where they apply (`decode_kernels`, a `T5Config` field; `DECODE_KERNELS`):
+'cpu' always, 'plain' never, 'auto' (the default) iff the backend is CPU.
+On a GPU or TPU a few rows times a weight matrix is one matrix product that
+reads the weights once at the speed of memory; splitting it into one product
+per row reads the same weights once per row, which makes the call of γ+1
+positions that speculative decoding needs to be cheap cost up to γ+1 target
+steps. There the plain `dot_general` / `einsum` runs, and the cache writes
+are one vmapped `dynamic_update_slice` (a scatter, which GPU and TPU run in
+place) instead of one kernel launch per row.
+
+'auto' asks `jax.default_backend()` when a call is traced: the platform that
+`jit` compiles for unless told otherwise, and the only one a trace can see
+(the devices a program will run on are fixed after tracing). It is wrong
+when a program is placed elsewhere than the default backend (`jit(...,
+backend=...)`, or CPU arrays on a machine whose default is a GPU); set 'cpu'
+or 'plain' then. (`lax.platform_dependent` would choose at lowering time,
+but traces every decoder step once per path.)
+
 The constants are read when a call is traced: set them on this module.
 """
 
@@ -42,15 +59,34 @@ ATTENTION_MATVEC_MAX_QUERIES = 8
 # loops, so that the program's size does not grow with the batch.
 WRITE_ROWS_MAX_UNROLLED = 16
 
+# The values of `decode_kernels` (see the module docstring).
+DECODE_KERNELS = ('auto', 'cpu', 'plain')
 
-def dense_uses_matvecs(rows: int, kernel_bytes: int) -> bool:
+
+def check_decode_kernels(decode_kernels: str) -> str:
+  """Returns `decode_kernels` if it is one of `DECODE_KERNELS`, else raises a ValueError."""
+  if not isinstance(decode_kernels, str) or decode_kernels not in DECODE_KERNELS:
+    raise ValueError(f'decode_kernels must be one of {DECODE_KERNELS} (auto: the CPU-tuned '
+                     f'paths iff the backend is CPU), got {decode_kernels!r}')
+  return decode_kernels
+
+
+def uses_cpu_paths(decode_kernels: str = 'auto') -> bool:
+  """Whether the CPU-tuned paths apply under `decode_kernels` ('auto': by backend, when traced)."""
+  if check_decode_kernels(decode_kernels) == 'auto':
+    return jax.default_backend() == 'cpu'
+  return decode_kernels == 'cpu'
+
+
+def dense_uses_matvecs(rows: int, kernel_bytes: int, decode_kernels: str = 'auto') -> bool:
   """Whether a dense layer over `rows` input rows runs as one matrix-vector product per row."""
-  return 1 < rows <= MATVEC_MAX_ROWS and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES
+  return (uses_cpu_paths(decode_kernels) and 1 < rows <= MATVEC_MAX_ROWS
+          and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES)
 
 
-def attention_uses_matvecs(num_queries: int) -> bool:
+def attention_uses_matvecs(num_queries: int, decode_kernels: str = 'auto') -> bool:
   """Whether attention of `num_queries` new positions over the cache runs per query."""
-  return num_queries <= ATTENTION_MATVEC_MAX_QUERIES
+  return uses_cpu_paths(decode_kernels) and num_queries <= ATTENTION_MATVEC_MAX_QUERIES
 
 
 def matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
@@ -58,18 +94,23 @@ def matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
 
   `spec` is the product of one slice (`lhs` without `axis`); the results are
   stacked back at `axis`. Each product reads `rhs` in place (see the module
-  docstring for why a few of them beat one small matrix product).
+  docstring for why a few of them beat one small matrix product on CPU).
   """
   return jnp.stack([jnp.einsum(spec, lax.index_in_dim(lhs, i, axis, keepdims=False), rhs)
                     for i in range(lhs.shape[axis])], axis=axis)
 
 
-def write_rows(cache: Array, update: Array, starts: Array, axis: int) -> Array:
+def write_rows(cache: Array, update: Array, starts: Array, axis: int,
+               decode_kernels: str = 'auto') -> Array:
   """Writes `update` into `cache` (both `[batch, ...]`) at `starts[b]` along `axis` of row b.
 
-  One in-place `dynamic_update_slice` per row: a vmapped one becomes a scatter
-  that XLA:CPU lowers to a select over, and copies of, the whole cache.
+  With the CPU paths (`uses_cpu_paths`), one in-place `dynamic_update_slice`
+  per row: a vmapped one becomes a scatter that XLA:CPU lowers to a select
+  over, and copies of, the whole cache. Otherwise `scatter_rows`.
   """
+  if not uses_cpu_paths(decode_kernels):
+    return scatter_rows(cache, update, starts, axis)
+
   def write(row: Array | int, cache: Array) -> Array:
     index = [jnp.zeros((), jnp.int32)] * cache.ndim
     index[0], index[axis] = jnp.asarray(row, jnp.int32), starts[row]
@@ -81,3 +122,18 @@ def write_rows(cache: Array, update: Array, starts: Array, axis: int) -> Array:
   for row in range(cache.shape[0]):
     cache = write(row, cache)
   return cache
+
+
+def scatter_rows(cache: Array, update: Array, starts: Array, axis: int) -> Array:
+  """`write_rows` as one vmapped `dynamic_update_slice` (a scatter): the plain path.
+
+  `cache` and `update` are `[batch, ...]`, `starts` `[batch]`; `axis` counts
+  the batch axis. Like `dynamic_update_slice`, a start is clamped so that the
+  update fits.
+  """
+  def write(row_cache: Array, row_update: Array, start: Array) -> Array:
+    index = [jnp.zeros((), jnp.int32)] * row_cache.ndim
+    index[axis - 1] = jnp.asarray(start, jnp.int32)
+    return lax.dynamic_update_slice(row_cache, row_update, index)
+
+  return jax.vmap(write)(cache, update, starts)

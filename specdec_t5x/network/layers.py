@@ -29,8 +29,9 @@ def _canonicalize_tuple(x):
 class DenseGeneral(nn.Module):
   """A bias-free linear map over `axis`, kernel stored flattened to 2D like T5X.
 
-  A few rows over trailing axes run as per-row matrix-vector products
-  (`kernels.dense_uses_matvecs`).
+  A few rows over trailing axes run as per-row matrix-vector products where
+  the CPU-tuned paths apply (`kernels.dense_uses_matvecs`; `decode_kernels`
+  is `T5Config.decode_kernels`).
   """
 
   features: int | Sequence[int]
@@ -38,6 +39,7 @@ class DenseGeneral(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
   kernel_axes: tuple[str, ...] = ()
+  decode_kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -52,7 +54,7 @@ class DenseGeneral(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype)
     batch_shape = tuple(inputs.shape[ax] for ax in range(inputs.ndim) if ax not in axis)
     rows = int(np.prod(batch_shape))
-    few_rows = kernels.dense_uses_matvecs(rows, kernel.nbytes)
+    few_rows = kernels.dense_uses_matvecs(rows, kernel.nbytes, self.decode_kernels)
     if few_rows and axis == tuple(range(len(batch_shape), inputs.ndim)):
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
       return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
@@ -171,6 +173,7 @@ class MlpBlock(nn.Module):
   kernel_init: Callable = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
   intermediate_dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+  decode_kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = False) -> Array:
@@ -179,14 +182,16 @@ class MlpBlock(nn.Module):
     for idx, act_fn in enumerate(self.activations):
       name = 'wi' if len(self.activations) == 1 else f'wi_{idx}'
       x = DenseGeneral(self.intermediate_dim, dtype=self.dtype, kernel_init=self.kernel_init,
-                       kernel_axes=('embed', 'mlp'), name=name)(inputs)
+                       kernel_axes=('embed', 'mlp'), decode_kernels=self.decode_kernels,
+                       name=name)(inputs)
       activations.append(_activation(act_fn)(x))
     x = functools.reduce(operator.mul, activations)
     x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)
     x = with_sharding_constraint(x, ('batch', 'length', 'mlp'))
     return DenseGeneral(inputs.shape[-1], dtype=self.dtype, kernel_init=self.kernel_init,
-                        kernel_axes=('mlp', 'embed'), name='wo')(x)
+                        kernel_axes=('mlp', 'embed'), decode_kernels=self.decode_kernels,
+                        name='wo')(x)
 
 
 def _activation(fn_or_name: str | Callable) -> Callable:

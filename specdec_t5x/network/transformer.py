@@ -38,7 +38,8 @@ Array = jax.Array
 def _attention(cfg: T5Config, name: str) -> MultiHeadDotProductAttention:
   return MultiHeadDotProductAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                                       dtype=cfg.dtype, dropout_rate=cfg.dropout_rate,
-                                      float32_logits=cfg.float32_attention_logits, name=name)
+                                      float32_logits=cfg.float32_attention_logits,
+                                      decode_kernels=cfg.decode_kernels, name=name)
 
 
 def _dropout(cfg: T5Config) -> nn.Dropout:
@@ -47,7 +48,8 @@ def _dropout(cfg: T5Config) -> nn.Dropout:
 
 def _mlp(cfg: T5Config) -> MlpBlock:
   return MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
-                  intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
+                  intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
+                  decode_kernels=cfg.decode_kernels, name='mlp')
 
 
 class EncoderLayer(nn.Module):
@@ -178,7 +180,7 @@ class Decoder(nn.Module):
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1])
     else:
       logits = DenseGeneral(cfg.vocab_size, dtype=jnp.float32, kernel_axes=('embed', 'vocab'),
-                            name='logits_dense')(y)
+                            decode_kernels=cfg.decode_kernels, name='logits_dense')(y)
     return logits
 
 

@@ -36,7 +36,7 @@ import optax
 from flax import struct
 
 from specdec_t5x.checkpoints import save_t5x_checkpoint, step_dir
-from specdec_t5x.network import T5Config, Transformer
+from specdec_t5x.network import EXECUTION_FIELDS, T5Config, Transformer
 from specdec_t5x.training import loop
 from specdec_t5x.training.loop import Batch, BatchFactory
 
@@ -301,8 +301,11 @@ def evaluate_loss(params: PyTree, config: T5Config, batches: Iterable[Batch]) ->
 
 def _jsonable(value: Any) -> Any:
   if dataclasses.is_dataclass(value):
+    # How the network runs (e.g. which decode kernels) is not what was trained: leaving those
+    # fields out keeps runs recorded before they existed resumable.
+    skipped = EXECUTION_FIELDS if isinstance(value, T5Config) else ()
     return {field.name: _jsonable(getattr(value, field.name))
-            for field in dataclasses.fields(value)}
+            for field in dataclasses.fields(value) if field.name not in skipped}
   if isinstance(value, (list, tuple)):
     return [_jsonable(item) for item in value]
   if isinstance(value, (str, int, float, bool)) or value is None:
