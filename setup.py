@@ -32,7 +32,7 @@ EXTRAS = {
     "bench": ["matplotlib>=3.7", "scipy>=1.10"],
     # Tests and the Hugging Face peer. torch is pinned to the CPU build so that an
     # unpinned resolution does not pull a multi-GB CUDA wheel.
-    "hf": ["torch==2.13.0", "transformers>=4.40"],
+    "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors"],
     "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.10", "ruff"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
