@@ -20,15 +20,16 @@
 #               alpha and speed (scripts/measure_cheap_drafts.py -> results/cheap_drafts.md;
 #               default family only);
 #   6. sweep    scripts/sweep.py --config configs/sweep_F.json -> results/table2.md, ... (below);
-#   7. bench    default family only: scripts/bench_scoring_cost.py (results/scoring_cost.*) and
-#               scripts/bench_loop_overhead.py --rounds 5 (results/loop_overhead.*), random weights,
-#               a few minutes each; then the baselines against T5X's own decoding, which need t5x
+#   7. bench    default family only: scripts/bench_scoring_cost.py (results/scoring_cost.*),
+#               scripts/bench_loop_overhead.py --rounds 5 (results/loop_overhead.*) and
+#               scripts/bench_paper_scale.py (results/paper_scale.*, projection_tpu.md; T5 1.1
+#               small/base/large shapes, about 25 min), random weights; then the baselines against T5X's own decoding, which need t5x
 #               (README "Installing t5x"): $T5X_VENV/bin/python scripts/bench_baselines.py --family
 #               (results/baselines.*), run here when $T5X_VENV (default /tmp/t5x-venv) imports t5x.
 set -euo pipefail
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 family=default
@@ -121,6 +122,9 @@ if [[ "$family" == default ]]; then
   echo "== [7/7] benchmarks: scoring cost, loop overhead, baselines (results/*.md)"
   "$python" scripts/bench_scoring_cost.py
   "$python" scripts/bench_loop_overhead.py --rounds 5
+  "$python" scripts/bench_paper_scale.py
+  # projection_tpu.md takes the largest paper-scale shape's scoring curve: re-render the sweep's report.
+  "$python" scripts/sweep.py --config "configs/sweep_$family.json" --report-only
   t5x_python="${T5X_VENV:-/tmp/t5x-venv}/bin/python"
   if [[ -x "$t5x_python" ]] && "$t5x_python" -c 'import t5x.models, specdec_t5x' 2>/dev/null; then
     "$t5x_python" scripts/bench_baselines.py --family

@@ -17,6 +17,7 @@ Three rules make CPU timings on a shared, noisy machine comparable:
 from __future__ import annotations
 
 import functools
+import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -86,6 +87,20 @@ def paired_ratios(samples: Mapping[str, Sequence[float]],
   """Each entry's samples over `reference`'s, round by round: name -> `[rounds]`."""
   base = np.asarray(samples[reference], np.float64)
   return {name: np.asarray(values, np.float64) / base for name, values in samples.items()}
+
+
+def release_compiled_programs() -> None:
+  """Frees every compiled XLA program held by jax's caches (a cell's programs are its own).
+
+  XLA:CPU maps the code of each compiled kernel into memory regions of its own; a sweep
+  builds hundreds of distinct programs (one per draft, γ, temperature and batch), and kept
+  alive they exhaust the kernel's limit on memory maps per process (`vm.max_map_count`,
+  65,530 by default): LLVM then aborts the process with "Unable to allocate section memory"
+  (or the unwinder crashes in libgcc_s) about 40-60 cells into the default grid. Recompiling
+  a cell's baseline afterwards is a load from the persistent compilation cache.
+  """
+  jax.clear_caches()
+  gc.collect()
 
 
 @functools.partial(jax.jit, static_argnames=('module', 'cache_length'))

@@ -77,7 +77,7 @@ from specdec_t5x.sweep.measure import measure_cell, pooled_alpha, summarize_cell
 from specdec_t5x.sweep.peer_hf import measure_peer
 from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
 from specdec_t5x.sweep.report import best_cells, write_report
-from specdec_t5x.sweep.run import RunSummary, release_compiled_programs, run_sweep
+from specdec_t5x.sweep.run import RunSummary, run_sweep
 from specdec_t5x.sweep.store import (
   CellStore,
   PlanItem,
@@ -94,6 +94,6 @@ __all__ = [
     'config_from_dict', 'current_peer_records', 'current_records', 'enumerate_cells',
     'expand_path', 'filter_cells', 'load_config', 'load_model', 'measure_cell', 'measure_peer',
     'model_config', 'peer_fingerprint', 'peer_key', 'plan', 'pooled_alpha',
-    'projection_markdown', 'release_compiled_programs', 'run_sweep', 'scoring_curve',
+    'projection_markdown', 'run_sweep', 'scoring_curve',
     'summarize_cell', 'synthetic_inputs', 'task_inputs', 'tpu_projection', 'write_report',
 ]

@@ -2,11 +2,17 @@
 
 Pure arithmetic on the paper's published numbers (`specdec_t5x.paper`); a sweep's
 batch-1 grid adds its measured scoring cost by K (`scoring_curve`) and its own
-check of the formula's i.i.d. assumption.
+check of the formula's i.i.d. assumption. Where a paper_scale.json of
+scripts/bench_paper_scale.py sits beside the report (results/), the scoring curve of
+its largest target shape replaces the sweep's (`paper_scale_curve`): a real T5 1.1
+size, not the CPU family.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,14 +34,37 @@ def scoring_curve(records: Sequence[Mapping[str, Any]]) -> list[float] | None:
   return [1.0] + [float(np.median(by_gamma[g])) for g in range(1, max(by_gamma) + 1)]
 
 
-def tpu_projection(curve: Sequence[float] | None = None) -> list[dict[str, Any]]:
+def paper_scale_curve(path: str | os.PathLike | None
+                      ) -> tuple[list[float], str] | None:
+  """The scoring curve by K (element 0 is K=1) of the largest target in a paper_scale.json,
+  and what it was measured on (`'t5_1_1_large, float32, cpu'`); None without the file."""
+  if path is None or not pathlib.Path(path).is_file():
+    return None
+  record = json.loads(pathlib.Path(path).read_text())
+  targets = record.get('targets') or []
+  if not targets:
+    return None
+  largest = max(targets, key=lambda t: t['config']['params'])
+  source = (f"{largest['target']}, {record['settings']['dtype']}, "
+            f"{record['machine']['jax_backend']}")
+  return [float(v) for v in largest['costs']['scoring_curve']], source
+
+
+def tpu_projection(curve: Sequence[float] | None = None,
+                   paper_scale_path: str | os.PathLike | None = None
+                   ) -> list[dict[str, Any]]:
   """The paper's Table 2 against its own formula, with the scoring cost that closes the gap.
 
   Per row: the formula's speedup from the paper's α, γ and c; the measured
   speed over it; the verification cost s (in target steps) that would make
   E[tokens] / (γc + s) equal the measured speed; the formula's optimal γ; and,
-  when `curve` (our measured scoring cost by K) is given, the formula with it.
+  with a measured scoring cost by K, the formula with it: the largest shape's
+  curve of `paper_scale_path` (a paper_scale.json) where given and present, else `curve`
+  (the sweep's).
+  Rows with a curve name its source in `scoring_source` (`'sweep'` for `curve`).
   """
+  measured = paper_scale_curve(paper_scale_path)
+  curve, source = measured if measured is not None else (curve, 'sweep')
   rows = []
   for task, mq, temperature, gamma, alpha, speed in paper.PAPER_TABLE2:
     c = paper.PAPER_C[mq]
@@ -49,6 +78,7 @@ def tpu_projection(curve: Sequence[float] | None = None) -> list[dict[str, Any]]
            'theory_optimal_gamma': optimum.gamma, 'theory_optimal_speedup': optimum.factor}
     if curve is not None and gamma < len(curve):
       row['cpu_scoring_cost'] = curve[gamma]
+      row['scoring_source'] = source
       row['theory_with_cpu_scoring'] = float(theory.walltime_improvement_measured(
           alpha, gamma, c, curve[gamma]))
     rows.append(row)
@@ -56,11 +86,19 @@ def tpu_projection(curve: Sequence[float] | None = None) -> list[dict[str, Any]]
 
 
 
+def _scoring_source(rows: Sequence[Mapping[str, Any]]) -> str | None:
+  """'sweep', a paper-scale shape (`'t5_1_1_large, float32, cpu'`), or None without a curve."""
+  return next((r['scoring_source'] for r in rows if 'scoring_source' in r), None)
+
+
 def _projection_table(rows: Sequence[Mapping[str, Any]], with_cpu: bool) -> str:
   head = ['Task', 'Mq', 'Temp', 'γ', 'α', 'c', 'E[tokens/iter]', 'Theory (paper formula)',
           'Paper speed', 'Paper / theory', 'Implied scoring cost s', 'γ* formula (speed)']
-  if with_cpu:
+  source = _scoring_source(rows)
+  if with_cpu and source in (None, 'sweep'):
     head += ['CPU scoring cost γ+1', 'Theory with CPU scoring']
+  elif with_cpu:
+    head += [f'Scoring cost γ+1 ({source})', 'Theory with that scoring']
   table = []
   for r in rows:
     line = [r['task'], r['mq'], f"{r['temperature']:g}", str(r['gamma']), fmt(r['alpha']),
@@ -116,9 +154,13 @@ def _iid_check_paragraph(records: Sequence[Mapping[str, Any]]) -> str:
 
 def _cpu_scoring_paragraph(rows: Sequence[Mapping[str, Any]]) -> str:
   cpu = [r for r in rows if 'cpu_scoring_cost' in r]
+  source = _scoring_source(rows)
+  where = ('measured on this CPU (median over the batch-1 grid of this sweep, by K = γ+1)'
+           if source in (None, 'sweep') else
+           f'measured at the largest paper-scale shape ({source}; results/paper_scale.md, '
+           'by K = γ+1)')
   return (
-      'The last two columns put the scoring cost measured on this CPU (median over the '
-      'batch-1 grid of this sweep, by K = γ+1) into the formula: '
+      f'The last two columns put the scoring cost {where} into the formula: '
       f"{min(r['cpu_scoring_cost'] for r in cpu):.2f}-"
       f"{max(r['cpu_scoring_cost'] for r in cpu):.2f} target steps instead of 1, which "
       f"would give {min(r['theory_with_cpu_scoring'] for r in cpu):.2f}-"

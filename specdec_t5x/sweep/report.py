@@ -293,7 +293,10 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
   output_dir.mkdir(parents=True, exist_ok=True)
   records = current_records(config, store)
   peers = current_peer_records(config, store)
-  projection = tpu_projection(scoring_curve(records))
+  # A paper-scale benchmark written beside this report (scripts/bench_paper_scale.py)
+  # supplies the scoring curve of a real T5 1.1 size instead of this sweep's.
+  projection = tpu_projection(scoring_curve(records),
+                              paper_scale_path=output_dir / 'paper_scale.json')
   written = []
 
   def write(name: str, text: str) -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-
-from specdec_t5x.bench import machine
+from specdec_t5x.bench import machine, timing
 from specdec_t5x.bench import report as bench_report
 from specdec_t5x.drafters import registry
 from specdec_t5x.sweep.config import SECTIONS, SweepConfig
@@ -33,20 +30,6 @@ def _stamp(record: dict[str, Any], fingerprint: str, command: str) -> dict[str, 
   return {**record, 'fingerprint': fingerprint, 'command': command,
           'date': bench_report.utc_date(), 'load_average_1min': machine.load_average(),
           'machine': machine.machine_facts()}
-
-
-def release_compiled_programs() -> None:
-  """Frees every compiled XLA program held by jax's caches (a cell's programs are its own).
-
-  XLA:CPU maps the code of each compiled kernel into memory regions of its own; a sweep
-  builds hundreds of distinct programs (one per draft, γ, temperature and batch), and kept
-  alive they exhaust the kernel's limit on memory maps per process (`vm.max_map_count`,
-  65,530 by default): LLVM then aborts the process with "Unable to allocate section memory"
-  (or the unwinder crashes in libgcc_s) about 40-60 cells into the default grid. Recompiling
-  a cell's baseline afterwards is a load from the persistent compilation cache.
-  """
-  jax.clear_caches()
-  gc.collect()
 
 
 def _keep(record: dict[str, Any], item: PlanItem, store: CellStore, command: str,
@@ -76,7 +59,7 @@ def _run_cells(items: Sequence[PlanItem], context: SweepContext, store: CellStor
         bar.update()
         continue
       finally:
-        release_compiled_programs()
+        timing.release_compiled_programs()
       record = _keep(record, item, store, command, summary)
       bar.update()
       bar.set_postfix_str(f'{item.key}: {record["speedup"]:.2f}x, α {record["alpha_beta"]:.2f}')
