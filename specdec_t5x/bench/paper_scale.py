@@ -365,9 +365,7 @@ def measure_target(target: str, settings: Mapping[str, Any],
       extra = draft_costs(module, params, *drafts[s], missing[s], inputs, reference, settings,
                           costs['target_step_ms'] / 1e3, progress)
       costs['drafts'][s]['c_by_gamma'].update(extra['c_by_gamma'])
-  # The cost programs are done with: XLA:CPU maps each program's code into regions of its own,
-  # and the loops below compile one program per row (see `timing.release_compiled_programs`).
-  timing.release_compiled_programs()
+  timing.release_compiled_programs()  # the loops below compile one program per row: make room
   if progress is not None:
     progress.set_description(f'{target}: loops')
   loops = run_loops(module, params, configs, drafts, inputs, reference, settings, progress)
