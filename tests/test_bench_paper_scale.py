@@ -2,9 +2,10 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 
-import jax
 import pytest
 
 from specdec_t5x import paper, paths, theory
@@ -64,24 +65,12 @@ def test_loop_configs_cover_every_row_with_and_without_the_draft_and_the_optimal
   assert any(c['gamma_choice'] == 'optimal' for c in configs)
 
 
-@pytest.fixture
-def jax_cache_settings_restored():
-  """The script turns on JAX's persistent compilation cache for the whole process: undo it, or
-  every later test in this pytest process serialises its compiled programs to a deleted dir."""
-  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
-  saved = {key: getattr(jax.config, key) for key in keys}
-  yield
-  for key, value in saved.items():
-    jax.config.update(key, value)
-
-
-def test_quick_run_writes_the_report(tmp_path, monkeypatch, jax_cache_settings_restored):
-  monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
-  argv = ['--quick', '--targets', 'quick_small', 'quick_base',
-          '--output-dir', str(tmp_path / 'out')]
-  # The recorded command line (no machine path in it): what sys.argv holds.
-  monkeypatch.setattr(sys, 'argv', ['scripts/bench_paper_scale.py', '--quick'])
-  _script().main(argv)
+def test_quick_run_writes_the_report(tmp_path):
+  # A subprocess: the script turns on JAX's persistent compilation cache for its whole process.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **{paths.CACHE_ENV: str(tmp_path)})
+  subprocess.run([sys.executable, str(paths.repo_root() / 'scripts' / 'bench_paper_scale.py'),
+                  '--quick', '--targets', 'quick_small', 'quick_base', '--output-dir', 'out'],
+                 cwd=tmp_path, env=env, check=True, capture_output=True, timeout=900)
   out = tmp_path / 'out'
   record = json.loads((out / 'paper_scale.json').read_text())
   assert report.absolute_paths(record) == []
