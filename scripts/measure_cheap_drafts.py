@@ -46,13 +46,13 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 from specdec_t5x import drafters, paths  # noqa: E402
 from specdec_t5x.bench import cheap_drafts, cheap_drafts_report, report  # noqa: E402
 from specdec_t5x.drafters import lookahead  # noqa: E402
-from specdec_t5x.training import family  # noqa: E402
+from specdec_t5x.training import family_target  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  family.add_target_arguments(parser)
+  family_target.add_target_arguments(parser)
   parser.add_argument('--tasks', default='ende,summarize', help=f'of {sorted(cheap_drafts.TASKS)}')
   parser.add_argument('--temperatures', default='0,1', help='comma-separated, 0 is greedy')
   parser.add_argument('--alpha-examples', type=int, default=64,
@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   started = time.time()
-  target = family.target_from_args(args)
+  target = family_target.target_from_args(args)
   pass_file = args.pass_file or lookahead.default_lookahead_path(target.model_dir,
                                                                  args.num_lookahead)
   pass_drafter = lookahead.load_pass_drafter(pass_file, target.module, target.params)

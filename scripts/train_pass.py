@@ -29,14 +29,14 @@ from collections.abc import Sequence
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 from specdec_t5x.drafters.lookahead import default_lookahead_path  # noqa: E402
-from specdec_t5x.training import family as family_lib  # noqa: E402
+from specdec_t5x.training import family_target  # noqa: E402
 from specdec_t5x.training import lookahead as lookahead_training  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  family_lib.add_target_arguments(parser)
+  family_target.add_target_arguments(parser)
   parser.add_argument('--mixture', default=None,
                       help=f'seqio task or mixture to train on (default: the family\'s mixture, '
                            f'else {lookahead_training.DEFAULT_MIXTURE})')
@@ -58,11 +58,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
-  target = family_lib.target_from_args(args)
+  target = family_target.target_from_args(args)
   mixture = args.mixture
   if mixture is None:
     mixture = (lookahead_training.DEFAULT_MIXTURE if args.target_checkpoint
-               else family_lib.family_entry(args.family, args.family_config).get(
+               else family_target.family_entry(args.family, args.family_config).get(
                    'mixture', lookahead_training.DEFAULT_MIXTURE))
   hparams = lookahead_training.PassHParams(
       num_lookahead=args.num_lookahead, learning_rate=args.learning_rate,

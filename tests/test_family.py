@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from specdec_t5x import paths
-from specdec_t5x.training import evaluation
+from specdec_t5x.training import evaluation, family_target
 from specdec_t5x.training import family as family_lib
 
 REPO = paths.repo_root()
@@ -111,19 +111,19 @@ def test_the_target_comes_from_the_family_or_from_a_checkpoint_and_preset(tmp_pa
   monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
   family = family_lib.load_family('miniature')
   target = family_lib.target_model(family)
-  config, checkpoint, preset, label = family_lib.target_spec('miniature')
+  config, checkpoint, preset, label = family_target.target_spec('miniature')
   assert config == family_lib.model_config(target) and preset == target['preset']
   assert checkpoint == family_lib.model_dir('miniature', target['name'])
   assert label == f'miniature/{target["name"]} ({target["preset"]})'
-  config, checkpoint, preset, label = family_lib.target_spec(
+  config, checkpoint, preset, label = family_target.target_spec(
       target_checkpoint='/some/ckpt', target_preset='test_tiny',
       target_overrides={'vocab_size': 128})
   assert config.vocab_size == 128 and checkpoint == pathlib.Path('/some/ckpt')
   assert preset == label == 'test_tiny'
   with pytest.raises(ValueError, match='go together'):
-    family_lib.target_spec(target_checkpoint='/some/ckpt')
+    family_target.target_spec(target_checkpoint='/some/ckpt')
   with pytest.raises(ValueError, match='not found: .*missing.json; train the family'):
-    family_lib.target_spec('miniature', tmp_path / 'missing.json')
+    family_target.target_spec('miniature', tmp_path / 'missing.json')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,13 +12,14 @@ and `train_models` records sizes and times in `<family>/training.json`. Paths in
 that file are machine-free (`{cache}/models/...`, repository files relative to
 the checkout; `resolve_recorded_path` reads them back).
 
-`load_family_target` loads a family's target (or any checkpoint and preset):
-what the PaSS training and the cheap-draft measurements run on.
+A draft entry with `distill: {"from": <draft>, "divergence": ..., "temperature": ...}`
+continues that independent draft's run towards the target for `num_steps` more
+steps, on the training batches after the ones it was trained on
+(`training.distill`). `training.family_target` loads a family's target.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,7 +32,7 @@ from typing import Any
 import jax
 
 from specdec_t5x import checkpoints, network, paths
-from specdec_t5x.training import loop, models
+from specdec_t5x.training import distill, loop, models
 
 DEFAULT_CONFIG = paths.repo_root() / 'configs' / 'family.json'
 TRAINING_SUMMARY = 'training.json'
@@ -80,6 +81,8 @@ def _check_model(name: str, model: Mapping[str, Any]) -> None:
                      f'{model["preset"]!r}; known: {sorted(network.PRESETS)}')
   if model['num_steps'] < 1:
     raise ValueError(f'family {name!r}: model {model["name"]!r} needs num_steps >= 1')
+  if 'distill' in model:
+    distill.DistillSettings(**{k: v for k, v in model['distill'].items() if k != 'from'})
 
 
 def check_family(name: str, family: Mapping[str, Any]) -> None:
@@ -105,6 +108,33 @@ def check_family(name: str, family: Mapping[str, Any]) -> None:
     raise ValueError(f'family {name!r} needs exactly one {TARGET_ROLE!r} and at least one '
                      f'{DRAFT_ROLE!r}, got roles {roles}')
   models.TrainHParams(**family['hparams'])  # its own checks name a bad value
+  for model in family['models']:
+    if 'distill' in model:
+      distilled_from(name, family, model)
+
+
+def distilled_from(name: str, family: Mapping[str, Any], model: Mapping[str, Any]
+                   ) -> Mapping[str, Any]:
+  """The independent draft that the distilled draft `model` starts from, checked."""
+  start = next((m for m in family['models'] if m['name'] == model['distill'].get('from')), None)
+  if start is None or start['role'] != DRAFT_ROLE or 'distill' in start:
+    raise ValueError(f'family {name!r}: model {model["name"]!r} must be distilled "from" an '
+                     f'independent draft of the family, got {model["distill"].get("from")!r}')
+  if model_config(start) != model_config(model) or model['role'] != DRAFT_ROLE:
+    raise ValueError(f'family {name!r}: distilled draft {model["name"]!r} must have the role, '
+                     f'preset and overrides of {start["name"]!r}, which it continues')
+  return start
+
+
+def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
+  """The training batches a model reads: a distilled one continues after its start's."""
+  if 'distill' not in model:
+    return model['num_steps']
+  return family_start_steps(family, model) + model['num_steps']
+
+
+def family_start_steps(family: Mapping[str, Any], model: Mapping[str, Any]) -> int:
+  return next(m['num_steps'] for m in family['models'] if m['name'] == model['distill']['from'])
 
 
 def model_config(model: Mapping[str, Any]) -> network.T5Config:
@@ -202,7 +232,7 @@ def make_batch_factory(family_name: str, family: Mapping[str, Any], *,
   """
   from specdec_t5x.data import tasks  # TensorFlow is slow to import; --dry-run skips it
 
-  num_batches = max(model['num_steps'] for model in family['models'])
+  num_batches = max(batches_needed(model, family) for model in family['models'])
   return tasks.cached_train_batches(
       batches_dir(family_name), family['mixture'], family['batch_size'], num_batches,
       progress=progress, lengths=family['feature_lengths'], seed=family['data_seed'],
@@ -214,11 +244,14 @@ def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str,
   """Trains (or finds trained) one model; returns its row of training.json."""
   config = model_config(model)
   started = time.perf_counter()
-  summary = models.train(
-      config, make_batch_factory(family_name, family, progress=progress), model['num_steps'],
-      model_dir(family_name, model['name']), hparams=train_hparams(family),
-      save_every=family['save_every'], progress=progress,
-      desc=f'{family_name}/{model["name"]} ({describe(config)})')
+  make_batches = make_batch_factory(family_name, family, progress=progress)
+  run = dict(hparams=train_hparams(family), save_every=family['save_every'], progress=progress,
+             desc=f'{family_name}/{model["name"]} ({describe(config)})')
+  if 'distill' in model:
+    summary = _distill_model(family_name, family, model, make_batches, run)
+  else:
+    summary = models.train(config, make_batches, model['num_steps'],
+                           model_dir(family_name, model['name']), **run)
   return {
       'name': model['name'], 'role': model['role'], 'preset': model['preset'],
       'architecture': describe(config), 'config': config_dict(config),
@@ -231,6 +264,26 @@ def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str,
       'cached': summary.cached, 'wall_seconds_this_run': time.perf_counter() - started,
       'load_average_1min_at_end': os.getloadavg()[0],
   }
+
+
+def _distill_model(family_name: str, family: Mapping[str, Any], model: Mapping[str, Any],
+                   make_batches: loop.BatchFactory, run: dict[str, Any]) -> models.TrainSummary:
+  """Distils `model['distill']['from']` towards the family's target (see `distill`)."""
+  start, target = family_start_steps(family, model), target_model(family)
+  teacher_dir = model_dir(family_name, target['name'])
+  teacher_checkpoint = checkpoints.step_dir(teacher_dir, target['num_steps'])
+  if not teacher_checkpoint.is_dir():
+    raise ValueError(f'distilling {model["name"]!r} needs the trained target '
+                     f'({teacher_checkpoint}); train it first')
+  teacher = distill.Teacher(model_config(target), checkpoints.load_t5x_params(
+      teacher_checkpoint, model_config(target)), teacher_checkpoint)
+  settings = distill.DistillSettings(
+      **{k: v for k, v in model['distill'].items() if k != 'from'})
+  return distill.distill(
+      model_config(model), teacher,
+      distill.Start(model_dir(family_name, model['distill']['from']), start),
+      lambda first: make_batches(start + first), model['num_steps'],
+      model_dir(family_name, model['name']), settings=settings, **run)
 
 
 def keep_recorded_load(row: dict[str, Any], earlier: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -281,81 +334,9 @@ def train_models(family_name: str, family: Mapping[str, Any], selected: Sequence
   return summary_path
 
 
-# ---------------------------------------------------------------------------------------------
-# A family's target, loaded (for PaSS training and the cheap-draft measurements).
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyTarget:
-  module: network.Transformer
-  params: Any
-  model_dir: pathlib.Path  # where look-ahead files go, beside checkpoint_<step>/
-  preset: str
-  label: str
-
-
-_TARGET_HINT = ('; train the family (scripts/train_family.py) or pass '
-                '--target-checkpoint/--target-preset')
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-  """The command-line flags of `target_from_args`."""
-  parser.add_argument('--family', default='default',
-                      help='family in --family-config whose "target" model is used')
-  parser.add_argument('--family-config', type=pathlib.Path, default=DEFAULT_CONFIG,
-                      help='the family configuration (scripts/train_family.py)')
-  parser.add_argument('--target-checkpoint', default=None,
-                      help='a T5X checkpoint (model dir or checkpoint_<step>) instead of the '
-                           'family\'s; needs --target-preset')
-  parser.add_argument('--target-preset', default=None,
-                      help='network preset of --target-checkpoint (see network.PRESETS)')
-  parser.add_argument('--target-overrides', type=json.loads, default={},
-                      help='JSON of T5Config fields that override --target-preset\'s')
-
-
-def target_spec(family: str = 'default', family_config: str | os.PathLike = DEFAULT_CONFIG, *,
-                target_checkpoint: str | os.PathLike | None = None,
-                target_preset: str | None = None,
-                target_overrides: Mapping[str, Any] | None = None
-                ) -> tuple[network.T5Config, pathlib.Path, str, str]:
-  """`(config, checkpoint, preset, label)`: the given checkpoint, else the family's target."""
-  if target_checkpoint or target_preset:
-    if not (target_checkpoint and target_preset):
-      raise ValueError('--target-checkpoint and --target-preset go together')
-    config = network.config_from_preset(target_preset, **dict(target_overrides or {}))
-    return config, pathlib.Path(target_checkpoint), target_preset, target_preset
-  entry = family_entry(family, family_config, hint=_TARGET_HINT)
-  target = next((model for model in entry['models'] if model.get('role') == TARGET_ROLE), None)
-  if target is None:
-    raise ValueError(f'family {family!r} has no model with role "target"')
-  return (model_config(target), paths.cache_dir('models', family, target['name']),
-          target['preset'], f'{family}/{target["name"]} ({target["preset"]})')
-
-
-def load_family_target(family: str = 'default', family_config: str | os.PathLike = DEFAULT_CONFIG,
-                       **checkpoint: Any) -> FamilyTarget:
-  """The target's module and parameters (checked against its config); see `target_spec`."""
-  config, checkpoint_path, preset, label = target_spec(family, family_config, **checkpoint)
-  params = checkpoints.load_t5x_params(checkpoint_path, config)
-  directory = (checkpoint_path.parent if checkpoint_path.name.startswith('checkpoint_')
-               else checkpoint_path)
-  return FamilyTarget(module=network.Transformer(config),
-                      params=jax.tree.map(jax.numpy.asarray, params), model_dir=directory,
-                      preset=preset, label=label)
-
-
-def target_from_args(args: argparse.Namespace) -> FamilyTarget:
-  """`load_family_target` with the flags of `add_target_arguments`."""
-  return load_family_target(args.family, args.family_config,
-                            target_checkpoint=args.target_checkpoint,
-                            target_preset=args.target_preset,
-                            target_overrides=args.target_overrides)
-
-
-__all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'FamilyTarget',
-           'family_entry', 'load_family', 'check_family', 'model_config', 'train_hparams',
+__all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'family_entry',
+           'load_family', 'check_family', 'model_config', 'train_hparams',
            'count_params', 'target_model', 'check_param_ratio', 'describe', 'config_dict',
            'plan_lines', 'models_dir', 'model_dir', 'batches_dir',
            'make_batch_factory', 'train_model', 'keep_recorded_load', 'training_summary',
-           'train_models', 'add_target_arguments', 'target_spec', 'load_family_target',
-           'target_from_args']
+           'train_models', 'distilled_from', 'batches_needed']

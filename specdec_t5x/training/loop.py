@@ -48,14 +48,17 @@ class Trainee:
   """What the loop trains.
 
   Attributes:
-    create_state: the step-0 train state, a pytree with an int32 scalar `step`
-      (also traced, never run, to describe the state Orbax restores).
+    create_state: the first train state, a pytree with an int32 scalar `step`
+      (also traced, never run, to describe the state Orbax restores, unless
+      `describe_state` is given).
     train_step: `(state, batch) -> (state, metrics)`; `state` may be donated.
     check_batch: raises a `ValueError` for a batch the step cannot take.
     log: `(step, metrics, book) -> postfix`: reads the metrics into `book`
       (at least `last_loss`), raises if training diverged, and returns the
       progress bar's postfix.
     extra_book: bookkeeping entries besides the loop's own, at step 0.
+    describe_state: traced (never run) to describe the state Orbax restores,
+      when `create_state` cannot be traced (default: `create_state`).
   """
 
   create_state: Callable[[], PyTree]
@@ -63,6 +66,7 @@ class Trainee:
   check_batch: Callable[[Batch], None]
   log: Callable[[int, Mapping[str, Any], Book], Mapping[str, str]]
   extra_book: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  describe_state: Callable[[], PyTree] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +144,35 @@ def _restore_or_create(manager: ocp.CheckpointManager, trainee: Trainee,
     raise ValueError(f'{manager.directory} holds training state at step {latest}, beyond the '
                      f'requested num_steps={num_steps}')
   restored = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract_state(trainee.create_state)),
+      state=ocp.args.StandardRestore(
+          _abstract_state(trainee.describe_state or trainee.create_state)),
       data=ocp.args.JsonRestore()))
   book = dict(restored['data'])
   book['batches_consumed'] = int(book['batches_consumed'])
   book['train_seconds'] = float(book['train_seconds'])
   return restored['state'], book
+
+
+def restore_state(workdir: str | os.PathLike, create_state: Callable[[], PyTree],
+                  step: int) -> PyTree:
+  """The train state another run saved at `step` in `workdir/train_state` (e.g. to continue it).
+
+  `create_state` describes the state (it is traced, not run).
+
+  Raises:
+    ValueError: `workdir` holds no train state at `step`.
+  """
+  options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+  directory = pathlib.Path(workdir).absolute() / TRAIN_STATE_DIR
+  if not directory.is_dir():
+    raise ValueError(f'no train state to continue in {directory}')
+  with ocp.CheckpointManager(directory, options=options) as manager:
+    if step not in manager.all_steps():
+      raise ValueError(f'{directory} holds no train state at step {step} (it has '
+                       f'{sorted(manager.all_steps())}); train that model to step {step} first')
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract_state(create_state))))
+  return restored['state']
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state: PyTree, book: Book) -> None:
@@ -225,4 +252,4 @@ def skip_batches(make_iterable: Callable[[], Iterable[Batch]]) -> BatchFactory:
 
 __all__ = ['Batch', 'BatchFactory', 'Book', 'Trainee', 'LoopResult', 'TRAIN_STATE_DIR',
            'RUN_CONFIG_FILE', 'check_loop_arguments', 'prepare_workdir', 'run_resumable',
-           'write_json_atomically', 'skip_batches']
+           'write_json_atomically', 'skip_batches', 'restore_state']

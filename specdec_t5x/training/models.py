@@ -192,7 +192,7 @@ def check_batch(batch: Batch) -> None:
     raise ValueError(f'encoder and decoder batch sizes differ: {shapes}')
 
 
-def _model_inputs(batch: Batch) -> dict[str, Any]:
+def model_inputs(batch: Batch) -> dict[str, Any]:
   inputs = {name: batch[name] for name in REQUIRED_FEATURES[:3]}
   inputs.update({name: batch[name] for name in OPTIONAL_FEATURES if name in batch})
   return inputs
@@ -228,7 +228,7 @@ def create_train_state(config: T5Config, hparams: TrainHParams) -> TrainState:
 
 def _loss_fn(config: T5Config, hparams: TrainHParams, params: PyTree, batch: Batch,
              dropout_rng: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  logits = Transformer(config).apply({'params': params}, **_model_inputs(batch),
+  logits = Transformer(config).apply({'params': params}, **model_inputs(batch),
                                      enable_dropout=True, rngs={'dropout': dropout_rng})
   loss, z_loss, weight_sum = weighted_cross_entropy(
       logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
@@ -269,7 +269,7 @@ def make_train_step(config: T5Config, hparams: TrainHParams
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_sums(config: T5Config, params: PyTree, batch: Batch) -> tuple[jax.Array, jax.Array]:
-  logits = Transformer(config).apply({'params': params}, **_model_inputs(batch),
+  logits = Transformer(config).apply({'params': params}, **model_inputs(batch),
                                      enable_dropout=False)
   loss, _, weight_sum = weighted_cross_entropy(logits, batch['decoder_target_tokens'],
                                                batch['decoder_loss_weights'])
@@ -299,15 +299,15 @@ def evaluate_loss(params: PyTree, config: T5Config, batches: Iterable[Batch]) ->
 # ------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
   if dataclasses.is_dataclass(value):
     # How the network runs (e.g. which decode kernels) is not what was trained: leaving those
     # fields out keeps runs recorded before they existed resumable.
     skipped = EXECUTION_FIELDS if isinstance(value, T5Config) else ()
-    return {field.name: _jsonable(getattr(value, field.name))
+    return {field.name: jsonable(getattr(value, field.name))
             for field in dataclasses.fields(value) if field.name not in skipped}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(item) for item in value]
+    return [jsonable(item) for item in value]
   if isinstance(value, (str, int, float, bool)) or value is None:
     return value
   return jnp.dtype(value).name  # the only other field type in T5Config is a dtype
@@ -317,7 +317,7 @@ def _count_params(params: PyTree) -> int:
   return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
 
 
-def _cached_summary(workdir: pathlib.Path, num_steps: int) -> TrainSummary:
+def cached_summary(workdir: pathlib.Path, num_steps: int) -> TrainSummary:
   recorded = {}
   if (workdir / SUMMARY_FILE).exists():
     recorded = json.loads((workdir / SUMMARY_FILE).read_text())
@@ -371,13 +371,18 @@ def train(config: T5Config, make_batches: BatchFactory, num_steps: int,
     trained and `cached` is True.
   """
   loop.check_loop_arguments(num_steps, save_every, keep_checkpoints, log_every)
-  workdir = loop.prepare_workdir(workdir, {'model': _jsonable(config),
-                                           'hparams': _jsonable(hparams)})
+  workdir = loop.prepare_workdir(workdir, {'model': jsonable(config),
+                                           'hparams': jsonable(hparams)})
   if step_dir(workdir, num_steps).exists():
-    return _cached_summary(workdir, num_steps)
+    return cached_summary(workdir, num_steps)
   result = loop.run_resumable(model_trainee(config, hparams), make_batches, num_steps, workdir,
                               save_every=save_every, keep_checkpoints=keep_checkpoints,
                               log_every=log_every, progress=progress, desc=desc)
+  return finish_run(workdir, result, num_steps)
+
+
+def finish_run(workdir: pathlib.Path, result: loop.LoopResult, num_steps: int) -> TrainSummary:
+  """Writes `train_summary.json` and the T5X checkpoint `checkpoint_<num_steps>` of a run."""
   train_seconds, final_loss = result.book['train_seconds'], result.book['last_loss']
   num_params = _count_params(result.state.params)
   loop.write_json_atomically(workdir / SUMMARY_FILE, {
@@ -392,4 +397,5 @@ def train(config: T5Config, make_batches: BatchFactory, num_steps: int,
 __all__ = ['TrainHParams', 'TrainState', 'TrainSummary', 'REQUIRED_FEATURES', 'SUMMARY_FILE',
            'rsqrt_schedule', 'make_optimizer', 'weighted_cross_entropy', 'check_batch',
            'init_params', 'create_train_state', 'make_train_step', 'evaluate_loss',
-           'model_trainee', 'train']
+           'model_trainee', 'train', 'model_inputs', 'jsonable', 'cached_summary',
+           'finish_run']

@@ -1,0 +1,139 @@
+"""Distilling a draft towards the target (`training.distill`), on 'test_tiny' models.
+
+The divergences against their formulas, distillation raising the teacher-forced
+acceptance proxies, resumption giving the same weights as an uninterrupted run, and
+the family configuration's checks of a distilled entry.
+"""
+
+import copy
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_training_models import assert_trees_equal, copy_task_batch, copy_task_batches
+
+from specdec_t5x import training
+from specdec_t5x.checkpoints import load_t5x_params
+from specdec_t5x.network import config_from_preset
+from specdec_t5x.training import distill
+from specdec_t5x.training import family as family_lib
+
+TEACHER = config_from_preset('test_tiny')
+STUDENT = config_from_preset('test_tiny', emb_dim=16, num_heads=2, mlp_dim=32)
+HPARAMS = training.TrainHParams(warmup_steps=10, seed=1)
+START_STEPS = 4
+
+
+def _probs(logits, temperature=1.0):
+  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float64) / temperature, axis=-1))
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.5])
+def test_divergences_match_their_formulas(temperature):
+  rng = np.random.default_rng(0)
+  p_logits = rng.normal(size=(2, 3, 7)).astype(np.float32) * 2
+  q_logits = rng.normal(size=(2, 3, 7)).astype(np.float32) * 2
+  p, q = _probs(p_logits, temperature), _probs(q_logits, temperature)
+  expected = {'fkl': np.sum(p * np.log(p / q), -1), 'rkl': np.sum(q * np.log(q / p), -1),
+              'tvd': 0.5 * np.sum(np.abs(p - q), -1),
+              'argmax': -np.log(np.take_along_axis(
+                  _probs(q_logits), np.argmax(p_logits, -1)[..., None], -1)[..., 0])}
+  for name, value in expected.items():
+    got = distill.token_divergence(p_logits, q_logits,
+                                   distill.DistillSettings(name, temperature))
+    np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-6, err_msg=name)
+    same = distill.token_divergence(p_logits, p_logits, distill.DistillSettings(name, 1.0))
+    if name != 'argmax':
+      np.testing.assert_allclose(same, 0.0, atol=1e-5, err_msg=name)
+
+
+def test_the_teacher_gets_no_gradient():
+  p_logits, q_logits = jnp.ones((1, 2, 5)), jnp.zeros((1, 2, 5)).at[..., 0].set(1.0)
+  settings = distill.DistillSettings('fkl')
+  grad_p = jax.grad(lambda p: distill.token_divergence(p, q_logits, settings).sum())(p_logits)
+  grad_q = jax.grad(lambda q: distill.token_divergence(p_logits, q, settings).sum())(q_logits)
+  assert not np.any(np.asarray(grad_p)) and np.any(np.asarray(grad_q))
+
+
+@pytest.mark.parametrize('settings', [{'divergence': 'kl'}, {'temperature': 0.0}])
+def test_bad_settings_are_named(settings):
+  with pytest.raises(ValueError, match=next(iter(settings))):
+    distill.DistillSettings(**settings)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """A random teacher, and a student trained 4 steps on the copy task (its run saved)."""
+  teacher_params = training.init_params(TEACHER, seed=7)
+  start_dir = tmp_path_factory.mktemp('student')
+  training.train(STUDENT, copy_task_batches([]), START_STEPS, start_dir, hparams=HPARAMS,
+                 save_every=2, progress=False)
+  teacher = distill.Teacher(TEACHER, teacher_params, start_dir / 'teacher-checkpoint')
+  return teacher, distill.Start(start_dir, START_STEPS)
+
+
+def _distill(setup, workdir, num_steps, make_batches, **kwargs):
+  teacher, start = setup
+  return distill.distill(STUDENT, teacher, start, make_batches, num_steps, workdir,
+                         hparams=HPARAMS, save_every=3, progress=False, **kwargs)
+
+
+def test_distillation_raises_agreement_with_the_teacher(setup, tmp_path):
+  teacher, start = setup
+  batches = [copy_task_batch(100 + i) for i in range(4)]
+  before = load_t5x_params(start.workdir / f'checkpoint_{START_STEPS}', STUDENT)
+  summary = _distill(setup, tmp_path, 60, lambda first: iter(batches[(first + i) % 4]
+                                                             for i in range(10**6)))
+  assert summary.num_steps == START_STEPS + 60 and summary.steps_trained == 60
+  after = load_t5x_params(summary.checkpoint_dir, STUDENT)
+  measure = lambda params: distill.agreement(STUDENT, params, TEACHER, teacher.params, batches)
+  was, now = measure(before), measure(after)
+  assert now['argmax_agreement'] > was['argmax_agreement'] + 0.2, (was, now)
+  assert now['beta'] > was['beta'] + 0.1, (was, now)
+  assert now['tokens'] == sum(float(b['decoder_loss_weights'].sum()) for b in batches)
+  recorded = json.loads((tmp_path / 'train_config.json').read_text())['distill']
+  assert recorded['divergence'] == 'fkl' and recorded['start_step'] == START_STEPS
+
+
+def test_an_interrupted_distillation_resumes_to_the_same_weights(setup, tmp_path):
+  whole = _distill(setup, tmp_path / 'whole', 6, copy_task_batches([]))
+  starts = []
+  with pytest.raises(ValueError, match='ran out'):
+    _distill(setup, tmp_path / 'parts', 6, copy_task_batches(starts, stop_after=4))
+  resumed = _distill(setup, tmp_path / 'parts', 6, copy_task_batches(starts))
+  # Saved at step 6 (save_every=3 counts the continued run's steps 5, 6, ...), 2 batches in.
+  assert starts == [0, 2] and resumed.steps_trained == 4
+  assert_trees_equal(load_t5x_params(resumed.checkpoint_dir),
+                     load_t5x_params(whole.checkpoint_dir))
+  again = _distill(setup, tmp_path / 'parts', 6, copy_task_batches([]))
+  assert again.cached
+
+
+def test_a_missing_start_state_is_named(setup, tmp_path):
+  teacher, start = setup
+  with pytest.raises(ValueError, match='no train state at step 3'):
+    distill.distill(STUDENT, teacher, distill.Start(start.workdir, 3), copy_task_batches([]),
+                    2, tmp_path, hparams=HPARAMS, progress=False)
+
+
+def _family_with(entry):
+  family = json.loads(family_lib.DEFAULT_CONFIG.read_text())['families']['default']
+  family = copy.deepcopy(family)
+  family['models'].append(entry)
+  return family
+
+
+def test_the_family_checks_a_distilled_entry():
+  ok = {'name': 'large_distilled', 'role': 'draft', 'preset': 'cpu_large', 'num_steps': 10,
+        'distill': {'from': 'large', 'divergence': 'tvd'}}
+  family_lib.check_family('default', _family_with(ok))
+  assert family_lib.batches_needed(ok, _family_with(ok)) == 2010
+  bad = [({**ok, 'distill': {'from': 'target'}}, 'independent draft'),
+         ({**ok, 'distill': {'from': 'nope'}}, 'independent draft'),
+         ({**ok, 'preset': 'cpu_base'}, 'preset and overrides'),
+         ({**ok, 'distill': {'from': 'large', 'divergence': 'kl'}}, 'divergence')]
+  for entry, message in bad:
+    with pytest.raises(ValueError, match=message):
+      family_lib.check_family('default', _family_with(entry))
