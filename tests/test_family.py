@@ -47,8 +47,17 @@ def test_default_family_mirrors_the_paper():
   assert family['mixture'] == 'ddtp_all'
   counts = family_lib.check_param_ratio(family)
   # small < base < large < target, as T5-small/base/large against T5-XXL.
-  assert [model['name'] for model in sorted(family['models'], key=lambda m: counts[m['name']])
+  independent = [m for m in family['models'] if 'distill' not in m]
+  assert [model['name'] for model in sorted(independent, key=lambda m: counts[m['name']])
           ] == ['small', 'base', 'large', 'target']
+  # Each independent draft has a distilled twin of the same shape (the sweep sets them side
+  # by side), continuing it on training batches the family has.
+  distilled = {m['distill']['from']: m for m in family['models'] if 'distill' in m}
+  assert sorted(distilled) == ['base', 'large', 'small']
+  for name, model in distilled.items():
+    assert counts[model['name']] == counts[name]
+    assert family_lib.batches_needed(model, family) <= family_lib.target_model(
+        family)['num_steps']  # no more batches than the target's: none to build
 
 
 def test_unknown_family_and_bad_entries_are_refused(tmp_path):
@@ -233,7 +242,11 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
   run_script([str(SCRIPTS / 'train_family.py'), '--family', 'miniature', '--no-progress'],
              env, timeout=600)
   training = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
-  assert [row['name'] for row in training['models']] == ['target', 'large', 'base', 'small']
+  assert [row['name'] for row in training['models']] == ['target', 'large', 'base', 'small',
+                                                          'large_distilled']
+  # The distilled draft continues large's 200 steps for 40 more, towards the target.
+  distilled = training['models'][-1]
+  assert distilled['num_steps'] == 240 and distilled['distill']['from'] == 'large'
   assert training['config_file'] == 'configs/family.json'
   for row in training['models']:
     # Recorded machine-free, as `{cache}/...`.
@@ -245,7 +258,7 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
   # A second run finds every checkpoint and trains nothing.
   again = run_script([str(SCRIPTS / 'train_family.py'), '--family', 'miniature',
                       '--no-progress'], env, timeout=300)
-  assert again.stdout.count('] cached:') == 4
+  assert again.stdout.count('] cached:') == 5
   cached = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
   assert all(row['cached'] for row in cached['models'])
   assert [row['train_seconds'] for row in cached['models']] == [
@@ -257,14 +270,14 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
   assert str(cache) not in report_text and str(cache.resolve()) not in report_text
   report = json.loads(report_text)
   names = [row['name'] for row in report['models']]
-  assert names == ['target', 'large', 'base', 'small', 'copy-input']
+  assert names == ['target', 'large', 'base', 'small', 'large_distilled', 'copy-input']
   for row in report['models']:
     assert 0.0 <= row['ende']['bleu'] <= 100.0
     assert all(0.0 <= row['summarize'][k] <= 100.0 for k in ('rouge1', 'rouge2', 'rougeL'))
     if row['role'] != 'baseline':
       assert row['ende']['validation_loss'] > 0 and row['summarize']['validation_loss'] > 0
-  # Target vs each of 3 drafts, and each of 4 models vs copy-input, on BLEU and ROUGE-L.
-  assert len(report['checks']) == 2 * (3 + 4)
+  # Target vs each of 4 drafts, and each of 5 models vs copy-input, on BLEU and ROUGE-L.
+  assert len(report['checks']) == 2 * (4 + 5)
   markdown = (tmp_path / 'models.miniature.md').read_text()
   for name in names:
     assert f'| {name} |' in markdown

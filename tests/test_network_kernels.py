@@ -111,8 +111,8 @@ def test_decode_steps_agree_across_kernels(params, batch):
     np.testing.assert_allclose(cpu, plain, rtol=1e-5, atol=1e-5)
 
 
-def _step_jaxpr(mode: str, params, batch: int = 2, k: int = 2) -> str:
-  """The jaxpr of one decode step of `k` positions (batch * k rows: few enough for matvecs)."""
+def _step_jaxpr(mode: str, params, batch: int = 2, k: int = 1) -> str:
+  """The jaxpr of one decode step of `k` positions (by default an autoregressive step of 2 rows)."""
   module = network.Transformer(_config(mode))
   encoder_tokens = random_inputs(batch, 5, 64, 0)
   encoded = cache_lib.encode(module, params, encoder_tokens)
@@ -129,6 +129,14 @@ def test_auto_traces_the_cpu_paths_on_cpu(params):
   assert cpu.count('dot_general') > plain.count('dot_general')
   assert 'scatter' not in cpu and cpu.count('dynamic_update_slice') >= 4
   assert plain.count(' scatter[') == 2 * _config('plain').num_decoder_layers  # keys, values
+
+
+@pytest.mark.parametrize('batch,k', [(1, 2), (1, 4), (2, 2)])
+def test_verification_calls_use_the_plain_products(params, batch, k):
+  """K >= 2 positions a row (speculative verification): no per-row products, per-row writes."""
+  cpu, plain = (_step_jaxpr(mode, params, batch, k) for mode in ('cpu', 'plain'))
+  assert cpu.count('dot_general') == plain.count('dot_general')
+  assert 'scatter' not in cpu
 
 
 @pytest.mark.parametrize('backend', ['gpu', 'tpu'])

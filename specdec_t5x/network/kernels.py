@@ -5,17 +5,26 @@ weights and the cache. They compute what the plain ops they replace compute
 (the rounding may differ: every row of `matvecs` gets the bits of a one-row
 call) and were measured on CPU only (results/scoring_cost.md).
 
-* Per-row matrix-vector products (`matvecs`). Decoding feeds a few rows per
-  call (K query positions times the batch). XLA:CPU multiplies one row by a
-  weight matrix with a matrix-vector kernel that streams the weights once, but
-  hands 2..8 rows to a matrix-matrix kernel (YNNPACK by default; Eigen, oneDNN
-  and XNNPACK behave alike) that first repacks the whole weight matrix, so in
-  a decoder bound by reading its weights 2 rows cost about 2x one row. Up to
+* Per-row matrix-vector products (`matvecs`), for autoregressive steps of a
+  few batch rows. XLA:CPU multiplies one row by a weight matrix with a
+  matrix-vector kernel that streams the weights once, but hands 2..8 rows to
+  a matrix-matrix kernel (YNNPACK by default; Eigen, oneDNN and XNNPACK
+  behave alike) that costs a step of 2 batch rows about 2x one row. Up to
   `MATVEC_MAX_ROWS` rows, one matrix-vector product per row is cheaper: the
   re-reads of a kernel that fits in the CPU's caches
-  (`MATVEC_MAX_KERNEL_BYTES`) mostly hit them. It also gives every row the
-  bits of a one-row call. Attention over the cache, with no weights to repack
-  but the same kernels, gains up to `ATTENTION_MATVEC_MAX_QUERIES` queries.
+  (`MATVEC_MAX_KERNEL_BYTES`) mostly hit them. Attention over the cache does
+  the same for a one-position step (`ATTENTION_MATVEC_MAX_QUERIES`).
+  They apply only to calls of at most `MATVEC_MAX_POSITIONS` positions per
+  row: the verification call of speculative decoding (K = γ+1 positions of
+  one row) is cheaper with the plain products. Measured on cpu_target at
+  batch 1 (results/scoring_cost.md, 2026-12-01): with per-row paths for K <=
+  4 its call cost 1.78 / 2.29 / 2.66x one position at K = 2 / 3 / 4, with
+  plain products 1.47-1.64 / 1.59-1.89 / 1.89-2.36x, and K = 1 is the same
+  program either way. What remains is arithmetic, not the kernels' choice:
+  each position adds 2 FLOPs per decoder weight (13 MFLOP on cpu_target),
+  about 0.13 ms at the ~100-200 GFLOP/s one core of this CPU reaches on
+  small products, against a one-position call of ~0.9 ms that reads the
+  weights once (see `results/scoring_cost.md`).
 * Per-row cache writes (`write_rows`). Each row of a batch writes its new
   keys/values at its own position with one in-place `dynamic_update_slice`:
   a vmapped one becomes a scatter that XLA:CPU lowers to a select over, and
@@ -54,7 +63,9 @@ Array = jax.Array
 
 MATVEC_MAX_ROWS = 4
 MATVEC_MAX_KERNEL_BYTES = 16 << 20
-ATTENTION_MATVEC_MAX_QUERIES = 8
+# Calls of more positions per row than this (speculative verification) use the plain products.
+MATVEC_MAX_POSITIONS = 1
+ATTENTION_MATVEC_MAX_QUERIES = 1
 # Up to this many rows `write_rows` unrolls its per-row writes; beyond, it
 # loops, so that the program's size does not grow with the batch.
 WRITE_ROWS_MAX_UNROLLED = 16
@@ -78,10 +89,15 @@ def uses_cpu_paths(decode_kernels: str = 'auto') -> bool:
   return decode_kernels == 'cpu'
 
 
-def dense_uses_matvecs(rows: int, kernel_bytes: int, decode_kernels: str = 'auto') -> bool:
-  """Whether a dense layer over `rows` input rows runs as one matrix-vector product per row."""
+def dense_uses_matvecs(rows: int, positions: int, kernel_bytes: int,
+                       decode_kernels: str = 'auto') -> bool:
+  """Whether a dense layer over `rows` input rows runs as one matrix-vector product per row.
+
+  `rows` counts every input row (batch times `positions`, the positions per
+  batch row: K of a decode call, the length axis).
+  """
   return (uses_cpu_paths(decode_kernels) and 1 < rows <= MATVEC_MAX_ROWS
-          and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES)
+          and positions <= MATVEC_MAX_POSITIONS and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES)
 
 
 def attention_uses_matvecs(num_queries: int, decode_kernels: str = 'auto') -> bool:

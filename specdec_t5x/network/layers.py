@@ -54,7 +54,9 @@ class DenseGeneral(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype)
     batch_shape = tuple(inputs.shape[ax] for ax in range(inputs.ndim) if ax not in axis)
     rows = int(np.prod(batch_shape))
-    few_rows = kernels.dense_uses_matvecs(rows, kernel.nbytes, self.decode_kernels)
+    # Inputs are [batch, length, ...]: the positions per row are the second axis.
+    positions = batch_shape[1] if len(batch_shape) > 1 else 1
+    few_rows = kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels)
     if few_rows and axis == tuple(range(len(batch_shape), inputs.ndim)):
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
       return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),

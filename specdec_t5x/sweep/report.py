@@ -18,7 +18,7 @@ import numpy as np
 from specdec_t5x import paper, paths, theory
 from specdec_t5x.bench import report as bench_report
 from specdec_t5x.bench.report import markdown_table
-from specdec_t5x.sweep import plots
+from specdec_t5x.sweep import gap, plots
 from specdec_t5x.sweep.config import SweepConfig
 from specdec_t5x.sweep.markdown import fmt
 from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
@@ -141,6 +141,59 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       'Made by:\n\n' + _commands(records),
   ]
   return '\n\n'.join(p for p in description if p) + '\n'
+
+
+def _groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+  """Batch-1 grid cells by (task, draft, temperature)."""
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for r in records:
+    if r['section'] == 'grid' and r['batch'] == 1:
+      groups.setdefault((r['task'], r['draft'], r['temperature']), []).append(r)
+  return groups
+
+
+def draft_kinds_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
+  """α (mean β over γ) and best speed at T = 0 and 1, model drafts of one size side by side."""
+  groups = _groups(records)
+  rows = []
+  for task in config.tasks:
+    models = [d for d in config.drafts.values() if d.kind == 'model']
+    for draft in sorted(models, key=lambda d: d.paper_name or ''):
+      cells = {t: groups.get((task, draft.name, t)) for t in (0.0, 1.0)}
+      if not any(cells.values()):
+        continue
+      alpha = [fmt(float(np.mean([r['alpha_beta'] for r in c]))) if c else '—'
+               for c in cells.values()]
+      speed = [fmt(max(r['speedup'] for r in c), 2, 'x') if c else '—' for c in cells.values()]
+      rows.append([config.tasks[task].label, draft.paper_name or '—', draft.label,
+                   *alpha, *speed])
+  head = ('Task', 'Size (paper)', 'Draft', 'α T=0', 'α T=1', 'best speed T=0',
+          'best speed T=1')
+  return ('## Independent and distilled drafts\n\nEach model draft size trained on the task '
+          'alone (the paper\'s protocol) and distilled towards the target '
+          '(`specdec_t5x.training.distill`). α is the mean β over the γ measured.\n\n'
+          + markdown_table(head, rows))
+
+
+def goal_gap_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
+                      goal: float = 2.0) -> str:
+  """Per task and temperature, what the fastest model draft would need to reach `goal`."""
+  groups = {k: v for k, v in _groups(records).items()
+            if config.drafts[k[1]].kind == 'model'}
+  fastest = {}
+  for (task, _, temperature), cells in groups.items():
+    best = fastest.get((task, temperature))
+    if best is None or max(r['speedup'] for r in cells) > max(r['speedup'] for r in best):
+      fastest[(task, temperature)] = cells
+  ordered = {k: fastest[k] for k in sorted(fastest)}
+  label = lambda r: (f"{config.tasks[r['task']].label}, T={r['temperature']:g}",
+                     _draft_label(config, r))
+  return (f'## What would reach {goal:g}x\n\nFor each task and temperature, the fastest model '
+          'draft, and the theory\'s answer (`specdec_t5x.sweep.gap`): holding the other two '
+          f'measured quantities, the α, the draft cost c and the scoring cost (the same for '
+          f'every γ) that would make the best-over-γ prediction {goal:g}x. The separating '
+          'quantity is the one that must change least (α: as a share of the way to 1).\n\n'
+          + gap.gap_markdown(label, ordered, goal))
 
 
 def table3_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
@@ -305,7 +358,10 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
 
   grid = [r for r in records if r['section'] == 'grid']
   if grid:
-    write('table2.md', table2_markdown(config, grid) + '\n' + throughput_markdown(config, records))
+    write('table2.md', '\n'.join([table2_markdown(config, grid),
+                                   draft_kinds_markdown(config, grid) + '\n',
+                                   goal_gap_markdown(config, grid) + '\n',
+                                   throughput_markdown(config, records)]))
     write('table3.md', table3_markdown(config, grid, skipped))
     plots.plot_speedup_vs_gamma(config, grid, output_dir / 'speedup_vs_gamma.png')
     plots.plot_alpha(config, grid, output_dir / 'alpha.png')

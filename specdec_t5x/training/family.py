@@ -134,6 +134,7 @@ def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
 
 
 def family_start_steps(family: Mapping[str, Any], model: Mapping[str, Any]) -> int:
+  """The steps of the draft a distilled `model` starts from."""
   return next(m['num_steps'] for m in family['models'] if m['name'] == model['distill']['from'])
 
 
@@ -194,9 +195,12 @@ def plan_lines(family_name: str, family: Mapping[str, Any], selected: Sequence[M
   lines = [f'family {family_name!r}: {family["mixture"]}, batch {family["batch_size"]} '
            f'{"packed " if family["pack"] else ""}rows of {family["feature_lengths"]}']
   for model in selected:
-    lines.append(f'  {model["name"]:<8} {describe(model_config(model)):<32} '
+    how = (f' distilled from {model["distill"]["from"]} ({model["distill"]["divergence"]})'
+           if 'distill' in model else '')
+    lines.append(f'  {model["name"]:<15} {describe(model_config(model)):<28} '
                  f'{counts[model["name"]] / 1e6:6.1f}M params (target/this '
-                 f'{target_params / counts[model["name"]]:5.1f}x), {model["num_steps"]} steps')
+                 f'{target_params / counts[model["name"]]:5.1f}x), {model["num_steps"]} steps'
+                 f'{how}')
   return lines
 
 
@@ -258,11 +262,13 @@ def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str,
       'num_params': summary.num_params, 'num_steps': summary.num_steps,
       'batch_size': family['batch_size'], 'feature_lengths': dict(family['feature_lengths']),
       'pack': family['pack'], 'train_seconds': summary.train_seconds,
-      'seconds_per_step': summary.train_seconds / summary.num_steps,
+      'seconds_per_step': summary.train_seconds / model['num_steps'],
       'final_train_loss': summary.final_loss,
       'checkpoint': paths.portable_path(summary.checkpoint_dir),
       'cached': summary.cached, 'wall_seconds_this_run': time.perf_counter() - started,
       'load_average_1min_at_end': os.getloadavg()[0],
+      # A distilled draft's steps continue its start's; its final loss is the divergence.
+      **({'distill': dict(model['distill'])} if 'distill' in model else {}),
   }
 
 

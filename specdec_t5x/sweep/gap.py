@@ -1,0 +1,126 @@
+"""What would reach a goal speed: the theory's answer for each measured quantity, one at a time.
+
+A cell's speed-up is predicted by `theory.walltime_improvement_measured(α, γ,
+c, scoring_cost(γ))`, best over γ. Holding two of the three measured
+quantities, each function here solves for the value of the third that makes
+the best-over-γ prediction reach `goal` (bisection: the prediction rises with
+α and falls with c and with the scoring cost). None means no value reaches it
+(e.g. even a free draft, c = 0, is not enough at the measured α).
+
+`gap_markdown` applies this to each task's fastest T = 0 cell of a sweep: the
+quantity whose required change is smallest (relative to what was measured)
+is the one that separates the task from the goal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from specdec_t5x import theory
+from specdec_t5x.sweep.markdown import fmt
+
+ALPHA_MAX = 0.999
+SCORING_MAX = 20.0
+
+
+def best_prediction(alpha: float, c: float, scoring: Mapping[int, float]) -> tuple[float, int]:
+  """`(speed-up, γ)`: the theory's best over the γ of `scoring` (γ -> cost of γ+1 positions)."""
+  predicted = {g: float(theory.walltime_improvement_measured(alpha, g, c, s))
+               for g, s in scoring.items()}
+  gamma = max(predicted, key=predicted.get)
+  return predicted[gamma], gamma
+
+
+def _bisect(reaches: Callable[[float], bool], low: float, high: float,
+            increasing: bool) -> float | None:
+  """The boundary of `reaches` in [low, high]: the least (increasing) or largest value."""
+  good, bad = (high, low) if increasing else (low, high)
+  if not reaches(good):
+    return None
+  if reaches(bad):
+    return bad
+  for _ in range(60):
+    middle = 0.5 * (good + bad)
+    good, bad = (middle, bad) if reaches(middle) else (good, middle)
+  return good
+
+
+def alpha_needed(goal: float, c: float, scoring: Mapping[int, float]) -> float | None:
+  """The least α whose best prediction reaches `goal`, at the measured c and scoring costs."""
+  return _bisect(lambda a: best_prediction(a, c, scoring)[0] >= goal, 0.0, ALPHA_MAX, True)
+
+
+def c_needed(goal: float, alpha: float, scoring: Mapping[int, float]) -> float | None:
+  """The largest c that still reaches `goal`, at the measured α and scoring costs."""
+  return _bisect(lambda c: best_prediction(alpha, c, scoring)[0] >= goal, 0.0, 1.0, False)
+
+
+def scoring_needed(goal: float, alpha: float, c: float, gammas: Sequence[int]) -> float | None:
+  """The largest scoring cost, the same for every γ, that reaches `goal` at the measured α, c."""
+  return _bisect(lambda s: best_prediction(alpha, c, {g: s for g in gammas})[0] >= goal,
+                 1.0, SCORING_MAX, False)
+
+
+def task_gap(cells: Sequence[Mapping[str, Any]], goal: float) -> dict[str, Any]:
+  """The gap to `goal` of one (task, draft, temperature) group of grid cells.
+
+  α is the mean β over the group's cells, c their median, the scoring costs by
+  γ as measured (as `report.best_cells` computes the theory's γ*).
+  """
+  alpha = float(np.mean([r['alpha_beta'] for r in cells]))
+  c = float(np.median([r['c'] for r in cells]))
+  scoring = {r['gamma']: r['scoring_cost'] for r in cells}
+  predicted, gamma = best_prediction(alpha, c, scoring)
+  return {'alpha': alpha, 'c': c, 'gamma': gamma, 'scoring_cost': scoring[gamma],
+          'predicted': predicted, 'measured': max(r['speedup'] for r in cells),
+          'alpha_needed': alpha_needed(goal, c, scoring),
+          'c_needed': c_needed(goal, alpha, scoring),
+          'scoring_needed': scoring_needed(goal, alpha, c, sorted(scoring))}
+
+
+def _separating(gap: Mapping[str, Any]) -> str:
+  """Which single change is smallest, relative to the measured value."""
+  changes = {}
+  if gap['alpha_needed'] is not None:
+    # α is bounded by 1: measure its distance as the share of the way from α to 1.
+    changes['α'] = (gap['alpha_needed'] - gap['alpha']) / max(1e-9, 1.0 - gap['alpha'])
+  if gap['c_needed'] is not None and gap['c'] > 0:
+    changes['c'] = 1.0 - gap['c_needed'] / gap['c']
+  if gap['scoring_needed'] is not None:
+    changes['scoring cost'] = 1.0 - gap['scoring_needed'] / gap['scoring_cost']
+  if not changes:
+    return 'no single quantity: all three must move'
+  name = min(changes, key=changes.get)
+  return f'{name} (the smallest change, {100 * max(changes[name], 0):.0f}%)'
+
+
+def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
+                 groups: Mapping[tuple, Sequence[Mapping[str, Any]]], goal: float) -> str:
+  """A table: per group (its fastest at T = 0 per task, given), the values that reach `goal`.
+
+  `label_of(cell)` returns `(task label, draft label)`.
+  """
+  head = ('Task', 'Draft', 'Measured speed', 'Theory', 'γ', 'α', f'α for {goal:g}x',
+          'c', f'c for {goal:g}x', 'scoring cost γ+1', f'scoring cost for {goal:g}x',
+          'What separates it')
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for cells in groups.values():
+    gap = task_gap(cells, goal)
+    task, draft = label_of(cells[0])
+    never = 'unreachable'
+    lines.append('| ' + ' | '.join([
+        task, draft, fmt(gap['measured'], 2, 'x'), fmt(gap['predicted'], 2, 'x'),
+        str(gap['gamma']), fmt(gap['alpha']),
+        fmt(gap['alpha_needed']) if gap['alpha_needed'] is not None else never,
+        fmt(gap['c'], 3), fmt(gap['c_needed'], 3) if gap['c_needed'] is not None else never,
+        fmt(gap['scoring_cost']),
+        fmt(gap['scoring_needed']) if gap['scoring_needed'] is not None else never,
+        _separating(gap)]) + ' |')
+  return '\n'.join(lines)
+
+
+__all__ = ['best_prediction', 'alpha_needed', 'c_needed', 'scoring_needed', 'task_gap',
+           'gap_markdown']

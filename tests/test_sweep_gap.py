@@ -1,0 +1,39 @@
+"""The theory's answer to "what would reach a goal speed" (`sweep.gap`), against the formula."""
+
+import pytest
+
+from specdec_t5x import theory
+from specdec_t5x.sweep import gap
+
+
+def test_each_quantity_is_solved_back_from_the_formula():
+  alpha, c, gamma, cost = 0.8, 0.1, 4, 1.3
+  goal = float(theory.walltime_improvement_measured(alpha, gamma, c, cost))
+  scoring = {gamma: cost}
+  assert gap.alpha_needed(goal, c, scoring) == pytest.approx(alpha, abs=1e-9)
+  assert gap.c_needed(goal, alpha, scoring) == pytest.approx(c, abs=1e-9)
+  assert gap.scoring_needed(goal, alpha, c, [gamma]) == pytest.approx(cost, abs=1e-9)
+
+
+def test_the_best_gamma_is_used_and_unreachable_goals_are_none():
+  scoring = {1: 1.2, 4: 1.5, 8: 1.9}
+  speed, gamma = gap.best_prediction(0.7, 0.05, scoring)
+  assert speed == max(float(theory.walltime_improvement_measured(0.7, g, 0.05, s))
+                      for g, s in scoring.items())
+  assert gamma in scoring
+  assert gap.alpha_needed(100.0, 0.05, scoring) is None
+  assert gap.c_needed(5.0, 0.3, scoring) is None  # even a free draft: at most 1/(1-α)/cost
+  assert gap.scoring_needed(5.0, 0.3, 0.05, [1, 4]) is None
+  # Already there: the weakest value that reaches it is the interval's end.
+  assert gap.c_needed(0.5, 0.7, scoring) == 1.0
+
+
+def test_the_table_names_the_quantity_that_separates_a_cell():
+  cells = [{'alpha_beta': 0.6, 'c': 0.05, 'gamma': g, 'scoring_cost': 1.0 + 0.1 * g,
+            'speedup': 1.1, 'task': 'ende'} for g in (1, 2, 3, 4)]
+  result = gap.task_gap(cells, 2.0)
+  assert result['alpha_needed'] > 0.6 and result['c_needed'] is None
+  table = gap.gap_markdown(lambda r: ('EnDe', 'large'), {('ende',): cells}, 2.0)
+  row = table.splitlines()[-1]
+  assert row.startswith('| EnDe | large | 1.10x |') and 'unreachable' in row
+  assert ('α (the smallest change' in row) or ('scoring cost (the smallest change' in row)
