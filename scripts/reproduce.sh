@@ -11,8 +11,11 @@
 #   2. data     scripts/build_data.py: Debian's DDTP Translation-en/-de lists -> TFDS + vocabulary
 #               in $SPECDEC_CACHE_DIR (default ~/.cache/specdec_t5x). Fetching the lists uses apt
 #               and needs root; without root, pass --translations-dir with fetched lists;
-#   3. train    scripts/train_family.py --family F (about 89 min on 2 idle cores for `default`,
-#               a couple of minutes for `miniature`; resumable, cached);
+#   3. train    scripts/train_family.py --family F (about 90 min on 2 idle cores for `default`:
+#               the target, three drafts, and the three drafts distilled towards the target; a
+#               couple of minutes for `miniature`; resumable, cached); for `default` then
+#               scripts/compare_distillation.py (results/distill_compare_large.*, about 4 min:
+#               which loss the distilled drafts use);
 #   4. evaluate scripts/evaluate_family.py --family F -> results/models.md, results/models.json
 #               (results/models.miniature.* for the miniature family);
 #   5. cheap    drafts without a draft model: unigram/bigram counts (scripts/build_ngram_drafters.py)
@@ -29,7 +32,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 family=default
@@ -92,6 +95,9 @@ fi
 
 echo "== [3/7] train: scripts/train_family.py --family $family"
 "$python" scripts/train_family.py --family "$family"
+if [[ "$family" == default ]]; then
+  "$python" scripts/compare_distillation.py --draft large --steps 100 --arms ce,fkl,tvd,argmax
+fi
 
 echo "== [4/7] evaluate: scripts/evaluate_family.py --family $family"
 "$python" scripts/evaluate_family.py --family "$family"

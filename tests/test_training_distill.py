@@ -17,7 +17,7 @@ from test_training_models import assert_trees_equal, copy_task_batch, copy_task_
 from specdec_t5x import training
 from specdec_t5x.checkpoints import load_t5x_params
 from specdec_t5x.network import config_from_preset
-from specdec_t5x.training import distill
+from specdec_t5x.training import distill, distill_compare
 from specdec_t5x.training import family as family_lib
 
 TEACHER = config_from_preset('test_tiny')
@@ -137,3 +137,21 @@ def test_the_family_checks_a_distilled_entry():
   for entry, message in bad:
     with pytest.raises(ValueError, match=message):
       family_lib.check_family('default', _family_with(entry))
+
+
+def test_the_comparison_refuses_more_steps_than_the_family_has_batches():
+  family = family_lib.load_family('default')
+  with pytest.raises(ValueError, match='at most 800 further steps, got 801'):
+    distill_compare.compare('default', family, 'large', ['fkl'], 801, 8)
+  with pytest.raises(ValueError, match='not an independent draft'):
+    distill_compare.compare('default', family, 'large_distilled', ['fkl'], 1, 8)
+
+
+def test_the_comparison_table_has_a_row_per_arm():
+  scores = {'argmax_agreement': 0.5, 'beta': 0.25, 'tokens': 10.0}
+  result = {'draft': 'large', 'num_steps': 5, 'validation_examples': 8,
+            'rows': [{'arm': arm, 'seconds_per_step': 0.5, **dict.fromkeys(
+                distill_compare.TASKS, scores)} for arm in ('start', 'ce', 'fkl')]}
+  lines = distill_compare.markdown(result).splitlines()
+  assert lines[-3:] == [f'| {arm} | 0.50 | 0.500 | 0.250 | 0.500 | 0.250 |'
+                        for arm in ('start', 'ce', 'fkl')]
