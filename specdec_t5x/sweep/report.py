@@ -158,7 +158,8 @@ def draft_kinds_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any
   rows = []
   for task in config.tasks:
     models = [d for d in config.drafts.values() if d.kind == 'model']
-    for draft in sorted(models, key=lambda d: d.paper_name or ''):
+    sizes = list(dict.fromkeys(d.paper_name for d in models))  # config order, kinds adjacent
+    for draft in sorted(models, key=lambda d: sizes.index(d.paper_name)):
       cells = {t: groups.get((task, draft.name, t)) for t in (0.0, 1.0)}
       if not any(cells.values()):
         continue
