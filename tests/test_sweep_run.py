@@ -148,7 +148,11 @@ def test_report_files_and_tables_are_well_formed(sweep_run):
     assert re.fullmatch(r'\d+\.\d\dx', row[head.index('Speed')])
   paper_speed = {(row[1].split()[0], row[2]): row[head.index('Paper speed')] for row in rows}
   assert paper_speed[('small', '0')] == '3.4x' and paper_speed[('large', '1')] == '1.4x'
-  throughput = tables[1]
+  kinds, goal = tables[1], tables[2]
+  assert kinds[0][:3] == ['Task', 'Size (paper)', 'Draft'] and len(kinds) == 2 + 2  # 2 drafts
+  assert goal[0][:2] == ['Task', 'Draft'] and len(goal) == 2 + 2  # 1 task × 2 temperatures
+  assert all(row[-1] for row in goal[2:])  # each names what separates it from 2x
+  throughput = tables[3]
   assert [row[4] for row in throughput[2:]] == ['1', '2']
 
   table3 = _markdown_tables((results / 'table3.md').read_text())[0]

@@ -126,7 +126,7 @@ def _family_with(entry):
 
 
 def test_the_family_checks_a_distilled_entry():
-  ok = {'name': 'large_distilled', 'role': 'draft', 'preset': 'cpu_large', 'num_steps': 10,
+  ok = {'name': 'large_tvd', 'role': 'draft', 'preset': 'cpu_large', 'num_steps': 10,
         'distill': {'from': 'large', 'divergence': 'tvd'}}
   family_lib.check_family('default', _family_with(ok))
   assert family_lib.batches_needed(ok, _family_with(ok)) == 2010
