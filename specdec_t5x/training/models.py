@@ -396,6 +396,5 @@ def finish_run(workdir: pathlib.Path, result: loop.LoopResult, num_steps: int) -
 
 __all__ = ['TrainHParams', 'TrainState', 'TrainSummary', 'REQUIRED_FEATURES', 'SUMMARY_FILE',
            'rsqrt_schedule', 'make_optimizer', 'weighted_cross_entropy', 'check_batch',
-           'init_params', 'create_train_state', 'make_train_step', 'evaluate_loss',
-           'model_trainee', 'train', 'model_inputs', 'jsonable', 'cached_summary',
-           'finish_run']
+           'init_params', 'create_train_state', 'make_train_step', 'evaluate_loss', 'train',
+           'model_trainee', 'model_inputs', 'jsonable', 'cached_summary', 'finish_run']
