@@ -64,15 +64,21 @@ def scoring_needed(goal: float, alpha: float, c: float, gammas: Sequence[int]) -
                  1.0, SCORING_MAX, False)
 
 
-def task_gap(cells: Sequence[Mapping[str, Any]], goal: float) -> dict[str, Any]:
-  """The gap to `goal` of one (task, draft, temperature) group of grid cells.
+def group_estimates(cells: Sequence[Mapping[str, Any]]
+                    ) -> tuple[float, float, dict[int, float]]:
+  """`(α, c, scoring)` of one group of grid cells (one task, draft, temperature, batch).
 
-  α is the mean β over the group's cells, c their median, the scoring costs by
-  γ as measured (as `report.best_cells` computes the theory's γ*).
+  α is the mean β over the cells, c their median, `scoring` the measured cost
+  of γ+1 positions by γ: what the theory's γ* and the gaps are computed from.
   """
   alpha = float(np.mean([r['alpha_beta'] for r in cells]))
   c = float(np.median([r['c'] for r in cells]))
-  scoring = {r['gamma']: r['scoring_cost'] for r in cells}
+  return alpha, c, {r['gamma']: r['scoring_cost'] for r in cells}
+
+
+def task_gap(cells: Sequence[Mapping[str, Any]], goal: float) -> dict[str, Any]:
+  """The gap to `goal` of one (task, draft, temperature) group of grid cells (`group_estimates`)."""
+  alpha, c, scoring = group_estimates(cells)
   predicted, gamma = best_prediction(alpha, c, scoring)
   return {'alpha': alpha, 'c': c, 'gamma': gamma, 'scoring_cost': scoring[gamma],
           'predicted': predicted, 'measured': max(r['speedup'] for r in cells),
@@ -122,5 +128,5 @@ def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
   return '\n'.join(lines)
 
 
-__all__ = ['best_prediction', 'alpha_needed', 'c_needed', 'scoring_needed', 'task_gap',
-           'gap_markdown']
+__all__ = ['best_prediction', 'alpha_needed', 'c_needed', 'scoring_needed', 'group_estimates',
+           'task_gap', 'gap_markdown']

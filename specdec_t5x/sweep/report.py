@@ -36,30 +36,36 @@ def _draft_label(config: SweepConfig, record: Mapping[str, Any]) -> str:
   return f'{label} ({params / 1e6:.1f}M)' if params else label
 
 
+def _groups(records: Sequence[Mapping[str, Any]], section: str = 'grid'
+            ) -> dict[tuple, list[Mapping[str, Any]]]:
+  """The section's cells by (task, draft, temperature, batch)."""
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for r in records:
+    if r['section'] == section:
+      groups.setdefault((r['task'], r['draft'], r['temperature'], r['batch']), []).append(r)
+  return groups
+
+
+def _batch1_groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+  """Batch-1 grid cells by (task, draft, temperature)."""
+  return {key[:3]: cells for key, cells in _groups(records).items() if key[3] == 1}
+
+
 def best_cells(config: SweepConfig, records: Sequence[Mapping[str, Any]],
                section: str = 'grid') -> list[dict[str, Any]]:
   """The fastest γ per (task, draft, temperature, batch), with the theory's optimal γ.
 
   The theory's γ* maximises `walltime_improvement_measured` with the mean α
-  over the group's cells, their median c, and their scoring costs by γ.
+  over the group's cells, their median c, and their scoring costs by γ
+  (`gap.group_estimates`).
   """
-  groups: dict[tuple, list[Mapping[str, Any]]] = {}
-  for record in records:
-    if record['section'] == section:
-      groups.setdefault((record['task'], record['draft'], record['temperature'],
-                         record['batch']), []).append(record)
   best = []
-  for group in groups.values():
+  for group in _groups(records, section).values():
     top = max(group, key=lambda r: r['speedup'])
-    alpha = float(np.mean([r['alpha_beta'] for r in group]))
-    c = float(np.median([r['c'] for r in group]))
-    by_gamma = {r['gamma']: r['scoring_cost'] for r in group}
-    predicted = {g: float(theory.walltime_improvement_measured(alpha, g, c, s))
-                 for g, s in by_gamma.items()}
-    theory_gamma = max(predicted, key=predicted.get)
+    alpha, c, by_gamma = gap.group_estimates(group)
+    theory_speedup, theory_gamma = gap.best_prediction(alpha, c, by_gamma)
     best.append({**top, 'alpha_mean_over_gamma': alpha, 'c_median_over_gamma': c,
-                 'theory_best_gamma': theory_gamma,
-                 'theory_best_speedup': predicted[theory_gamma],
+                 'theory_best_gamma': theory_gamma, 'theory_best_speedup': theory_speedup,
                  'gammas_measured': sorted(by_gamma)})
   return best
 
@@ -143,18 +149,9 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
   return '\n\n'.join(p for p in description if p) + '\n'
 
 
-def _groups(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
-  """Batch-1 grid cells by (task, draft, temperature)."""
-  groups: dict[tuple, list[Mapping[str, Any]]] = {}
-  for r in records:
-    if r['section'] == 'grid' and r['batch'] == 1:
-      groups.setdefault((r['task'], r['draft'], r['temperature']), []).append(r)
-  return groups
-
-
 def draft_kinds_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
   """α (mean β over γ) and best speed at T = 0 and 1, model drafts of one size side by side."""
-  groups = _groups(records)
+  groups = _batch1_groups(records)
   rows = []
   for task in config.tasks:
     models = [d for d in config.drafts.values() if d.kind == 'model']
@@ -179,7 +176,7 @@ def draft_kinds_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any
 def goal_gap_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
                       goal: float = 2.0) -> str:
   """Per task and temperature, what the fastest model draft would need to reach `goal`."""
-  groups = {k: v for k, v in _groups(records).items()
+  groups = {k: v for k, v in _batch1_groups(records).items()
             if config.drafts[k[1]].kind == 'model'}
   fastest = {}
   for (task, _, temperature), cells in groups.items():
