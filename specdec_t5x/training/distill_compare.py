@@ -56,20 +56,15 @@ def run_arm(family_name: str, fam: Mapping[str, Any], draft: Mapping[str, Any],
   """Trains one arm (resumably); returns its T5X checkpoint and seconds per step."""
   workdir = family.models_dir(family_name) / 'compare' / f'{draft["name"]}-{arm}-{num_steps}'
   workdir.mkdir(parents=True, exist_ok=True)
-  factory = family.make_batch_factory(family_name, fam, progress=progress)
-  first = draft['num_steps']
   if arm == CE_ARM:
+    factory = family.make_batch_factory(family_name, fam, progress=progress)
     summary = _continue_training(family_name, fam, draft, workdir, num_steps, factory, progress)
     # The copied run's clock includes the draft's own training.
-    own = models.cached_summary(family.model_dir(family_name, draft['name']), first)
+    own = models.cached_summary(family.model_dir(family_name, draft['name']), draft['num_steps'])
     return summary.checkpoint_dir, (summary.train_seconds - own.train_seconds) / num_steps
-  else:
-    summary = distill.distill(
-        family.model_config(draft), teacher,
-        distill.Start(family.model_dir(family_name, draft['name']), first),
-        lambda start: factory(first + start), num_steps, workdir,
-        hparams=family.train_hparams(fam), settings=distill.DistillSettings(arm),
-        save_every=fam['save_every'], progress=progress, desc=f'{draft["name"]}+{arm}')
+  summary = family.distill_draft(family_name, fam, draft, teacher, distill.DistillSettings(arm),
+                                 num_steps, workdir, progress=progress,
+                                 desc=f'{draft["name"]}+{arm}')
   return summary.checkpoint_dir, summary.train_seconds / num_steps
 
 
@@ -91,11 +86,7 @@ def compare(family_name: str, fam: Mapping[str, Any], draft_name: str, arms: Seq
     raise ValueError(f'the family has {available} training batches and {draft_name!r} read '
                      f'the first {draft["num_steps"]}: at most {available - draft["num_steps"]} '
                      f'further steps, got {num_steps}')
-  target = family.target_model(fam)
-  checkpoint = checkpoints.step_dir(family.model_dir(family_name, target['name']),
-                                    target['num_steps'])
-  teacher = distill.Teacher(family.model_config(target), checkpoints.load_t5x_params(
-      checkpoint, family.model_config(target)), checkpoint)
+  teacher = family.load_teacher(family_name, fam, f'comparing distillations of {draft_name!r}')
   batches = {task: validation_batches(task, num_examples, batch_size) for task in TASKS}
   config = family.model_config(draft)
   start = checkpoints.step_dir(family.model_dir(family_name, draft['name']), draft['num_steps'])

@@ -82,7 +82,7 @@ def _check_model(name: str, model: Mapping[str, Any]) -> None:
   if model['num_steps'] < 1:
     raise ValueError(f'family {name!r}: model {model["name"]!r} needs num_steps >= 1')
   if 'distill' in model:
-    distill.DistillSettings(**{k: v for k, v in model['distill'].items() if k != 'from'})
+    distill_settings(model)
 
 
 def check_family(name: str, family: Mapping[str, Any]) -> None:
@@ -124,6 +124,11 @@ def distilled_from(name: str, family: Mapping[str, Any], model: Mapping[str, Any
     raise ValueError(f'family {name!r}: distilled draft {model["name"]!r} must have the role, '
                      f'preset and overrides of {start["name"]!r}, which it continues')
   return start
+
+
+def distill_settings(model: Mapping[str, Any]) -> distill.DistillSettings:
+  """The divergence and temperature of a distilled entry (its `distill` less `from`)."""
+  return distill.DistillSettings(**{k: v for k, v in model['distill'].items() if k != 'from'})
 
 
 def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
@@ -248,14 +253,17 @@ def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str,
   """Trains (or finds trained) one model; returns its row of training.json."""
   config = model_config(model)
   started = time.perf_counter()
-  make_batches = make_batch_factory(family_name, family, progress=progress)
-  run = dict(hparams=train_hparams(family), save_every=family['save_every'], progress=progress,
-             desc=f'{family_name}/{model["name"]} ({describe(config)})')
+  workdir = model_dir(family_name, model['name'])
+  desc = f'{family_name}/{model["name"]} ({describe(config)})'
   if 'distill' in model:
-    summary = _distill_model(family_name, family, model, make_batches, run)
+    summary = distill_draft(
+        family_name, family, distilled_from(family_name, family, model),
+        load_teacher(family_name, family, f'distilling {model["name"]!r}'),
+        distill_settings(model), model['num_steps'], workdir, progress=progress, desc=desc)
   else:
-    summary = models.train(config, make_batches, model['num_steps'],
-                           model_dir(family_name, model['name']), **run)
+    summary = models.train(config, make_batch_factory(family_name, family, progress=progress),
+                           model['num_steps'], workdir, hparams=train_hparams(family),
+                           save_every=family['save_every'], progress=progress, desc=desc)
   return {
       'name': model['name'], 'role': model['role'], 'preset': model['preset'],
       'architecture': describe(config), 'config': config_dict(config),
@@ -272,24 +280,35 @@ def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str,
   }
 
 
-def _distill_model(family_name: str, family: Mapping[str, Any], model: Mapping[str, Any],
-                   make_batches: loop.BatchFactory, run: dict[str, Any]) -> models.TrainSummary:
-  """Distils `model['distill']['from']` towards the family's target (see `distill`)."""
-  start, target = family_start_steps(family, model), target_model(family)
-  teacher_dir = model_dir(family_name, target['name'])
-  teacher_checkpoint = checkpoints.step_dir(teacher_dir, target['num_steps'])
-  if not teacher_checkpoint.is_dir():
-    raise ValueError(f'distilling {model["name"]!r} needs the trained target '
-                     f'({teacher_checkpoint}); train it first')
-  teacher = distill.Teacher(model_config(target), checkpoints.load_t5x_params(
-      teacher_checkpoint, model_config(target)), teacher_checkpoint)
-  settings = distill.DistillSettings(
-      **{k: v for k, v in model['distill'].items() if k != 'from'})
+def load_teacher(family_name: str, family: Mapping[str, Any], purpose: str) -> distill.Teacher:
+  """The family's trained target, frozen, as the teacher of a distillation.
+
+  Raises:
+    ValueError: the target's final checkpoint is not there (`purpose` says what needed it).
+  """
+  target = target_model(family)
+  checkpoint = checkpoints.step_dir(model_dir(family_name, target['name']), target['num_steps'])
+  if not checkpoint.is_dir():
+    raise ValueError(f'{purpose} needs the trained target ({checkpoint}); train it first')
+  config = model_config(target)
+  return distill.Teacher(config, checkpoints.load_t5x_params(checkpoint, config), checkpoint)
+
+
+def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[str, Any],
+                  teacher: distill.Teacher, settings: distill.DistillSettings, num_steps: int,
+                  workdir: pathlib.Path, *, progress: bool = True,
+                  desc: str | None = None) -> models.TrainSummary:
+  """Continues the trained draft `start` for `num_steps` steps towards `teacher` in `workdir`.
+
+  The steps read the family's training batches after the `start['num_steps']`
+  that the draft was trained on, with the family's optimizer settings.
+  """
+  first = start['num_steps']
+  make_batches = make_batch_factory(family_name, family, progress=progress)
   return distill.distill(
-      model_config(model), teacher,
-      distill.Start(model_dir(family_name, model['distill']['from']), start),
-      lambda first: make_batches(start + first), model['num_steps'],
-      model_dir(family_name, model['name']), settings=settings, **run)
+      model_config(start), teacher, distill.Start(model_dir(family_name, start['name']), first),
+      lambda i: make_batches(first + i), num_steps, workdir, hparams=train_hparams(family),
+      settings=settings, save_every=family['save_every'], progress=progress, desc=desc)
 
 
 def keep_recorded_load(row: dict[str, Any], earlier: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -345,4 +364,5 @@ __all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'f
            'count_params', 'target_model', 'check_param_ratio', 'describe', 'config_dict',
            'plan_lines', 'models_dir', 'model_dir', 'batches_dir',
            'make_batch_factory', 'train_model', 'keep_recorded_load', 'training_summary',
-           'train_models', 'distilled_from', 'batches_needed']
+           'train_models', 'distilled_from', 'distill_settings', 'batches_needed',
+           'load_teacher', 'distill_draft']
