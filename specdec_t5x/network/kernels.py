@@ -16,15 +16,14 @@ call) and were measured on CPU only (results/scoring_cost.md).
   the same for a one-position step (`ATTENTION_MATVEC_MAX_QUERIES`).
   They apply only to calls of at most `MATVEC_MAX_POSITIONS` positions per
   row: the verification call of speculative decoding (K = γ+1 positions of
-  one row) is cheaper with the plain products. Measured on cpu_target at
-  batch 1 (results/scoring_cost.md, 2026-12-01): with per-row paths for K <=
-  4 its call cost 1.78 / 2.29 / 2.66x one position at K = 2 / 3 / 4, with
-  plain products 1.47-1.64 / 1.59-1.89 / 1.89-2.36x, and K = 1 is the same
-  program either way. What remains is arithmetic, not the kernels' choice:
-  each position adds 2 FLOPs per decoder weight (13 MFLOP on cpu_target),
-  about 0.13 ms at the ~100-200 GFLOP/s one core of this CPU reaches on
-  small products, against a one-position call of ~0.9 ms that reads the
-  weights once (see `results/scoring_cost.md`).
+  one row) is cheaper with the plain products. On cpu_target at batch 1,
+  its call cost 1.42 / 1.67 / 1.79x one position at K = 2 / 3 / 4 with the
+  per-row paths (results/scoring_cost.md of 2026-11-23) and costs 1.31 /
+  1.47 / 1.49x with the plain products (that file since 2026-12-01); K = 1
+  is the same program either way. What remains is arithmetic, not the
+  kernels' choice: each position adds 2 FLOPs per decoder weight (13 MFLOP
+  on cpu_target), measured as ~0.15 ms more per position (the small-product
+  kernel reaches ~90 GFLOP/s) against a one-position call of ~1 ms.
 * Per-row cache writes (`write_rows`). Each row of a batch writes its new
   keys/values at its own position with one in-place `dynamic_update_slice`:
   a vmapped one becomes a scatter that XLA:CPU lowers to a select over, and
