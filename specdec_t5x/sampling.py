@@ -99,9 +99,48 @@ def probabilities(logits: Array, config: SamplingConfig) -> Array:
   return jax.nn.softmax(transform_logits(logits, config), axis=-1)
 
 
+# Tokens per block of the two-level draw in `sample_from_probabilities`.
+SAMPLING_BLOCK = 128
+# Names the draw's method; stored measurements of sampled decoding taken with
+# another method (the sweep's fingerprints include it) are measured again.
+SAMPLE_METHOD = 'two-level inverse CDF'
+
+
+def _inverse_cdf(rng: Array, weights: Array) -> Array:
+  """Index `[...]` drawn with probability weights[i] / Σ weights from `weights [..., n]` >= 0.
+
+  The first i whose running sum exceeds u ~ U[0, Σ): a zero weight never has
+  one (its running sum equals the one before it). Where rounding makes u reach
+  the last running sum, the last index with a positive weight is taken.
+  """
+  cdf = jnp.cumsum(weights, axis=-1)
+  u = jax.random.uniform(rng, weights.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
+  index = jnp.sum(cdf <= u, axis=-1)
+  positions = jax.lax.broadcasted_iota(jnp.int32, weights.shape, weights.ndim - 1)
+  last_positive = jnp.max(jnp.where(weights > 0, positions, 0), axis=-1)
+  return jnp.minimum(index, last_positive).astype(jnp.int32)
+
+
 def sample_from_probabilities(rng: Array, probs: Array) -> Array:
-  """Draws token ids `[...]` from `probs [..., vocab]` (which need not be normalised)."""
-  return jax.random.categorical(rng, jnp.log(probs), axis=-1).astype(jnp.int32)
+  """Draws token ids `[...]` from `probs [..., vocab]` (>= 0, need not be normalised).
+
+  Two inverse-CDF draws, each exact for its own weights: a block of
+  `SAMPLING_BLOCK` tokens with probability its mass / the total, then a token of
+  that block with probability its mass / the block's. Two uniforms per draw
+  instead of the vocabulary's worth of Gumbel noise `jax.random.categorical`
+  needs: on this CPU a draw over 8192 tokens costs about 6 µs instead of 325 µs
+  (a third of a target step of the CPU family, paid per draft token and per
+  sampled autoregressive token), and the blocks keep both cumulative sums short.
+  """
+  vocab = probs.shape[-1]
+  num_blocks = -(-vocab // SAMPLING_BLOCK)
+  padding = [(0, 0)] * (probs.ndim - 1) + [(0, num_blocks * SAMPLING_BLOCK - vocab)]
+  blocks = jnp.pad(probs.astype(jnp.float32), padding).reshape(
+      *probs.shape[:-1], num_blocks, SAMPLING_BLOCK)
+  block_rng, token_rng = jax.random.split(rng)
+  block = _inverse_cdf(block_rng, jnp.sum(blocks, axis=-1))
+  in_block = jnp.take_along_axis(blocks, block[..., None, None], axis=-2)[..., 0, :]
+  return block * SAMPLING_BLOCK + _inverse_cdf(token_rng, in_block)
 
 
 def sample(rng: Array, logits: Array, config: SamplingConfig) -> Array:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specdec_t5x import checkpoints
+from specdec_t5x import checkpoints, sampling
 from specdec_t5x.sweep.config import SweepConfig, TaskSpec, expand_path
 
 STORE_SCHEMA = 1
@@ -118,7 +118,9 @@ def cell_fingerprint(config: SweepConfig, cell: Cell) -> str:
                 'model': (_model_fingerprint(config, draft.model, cell.task)
                           if draft.model else None)},
       'timing': dataclasses.asdict(config.timing),
-      'sampling': [config.top_k, config.top_p], 'seed': config.seed})
+      'sampling': [config.top_k, config.top_p], 'seed': config.seed,
+      # Sampled cells depend on how a token is drawn; greedy ones do not.
+      **({'sample_method': sampling.SAMPLE_METHOD} if cell.temperature else {})})
 
 
 def peer_key(task: str, draft: str) -> str:
