@@ -4,10 +4,12 @@
 From a trained draft of the family (scripts/train_family.py), each arm trains `--steps` more
 steps on the same training batches (the ones after the draft's own): `ce` continues its
 ordinary training, `fkl` / `rkl` / `tvd` / `argmax` distil it towards the family's target
-(`specdec_t5x.training.distill`). Each is scored without decoding, teacher-forced on the first
-`--validation-examples` validation examples of each task: how often the draft's argmax is the
-target's (α at T = 0 along those prefixes) and β = Σ min(p, q) (α at T = 1), next to the draft
-it started from, with the seconds per step each arm cost.
+(`specdec_t5x.training.distill`), and `fkl@target_greedy` etc. distil on the target's own greedy
+outputs for the same inputs (`specdec_t5x.training.generated`). Each is scored without
+decoding, teacher-forced on the first `--validation-examples` validation examples of each task:
+how often the draft's argmax is the target's and β = Σ min(p, q), along the references and
+along the target's own greedy outputs (where the argmax agreement is α at T = 0), next to the
+draft it started from, with the seconds per step each arm cost.
 
 Runs are cached and resumable under $SPECDEC_CACHE_DIR/models/<family>/compare/; writes
 <output>.md and <output>.json. The logic is `specdec_t5x.training.distill_compare`. Example:
@@ -40,7 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help='family configuration JSON (default: %(default)s)')
   parser.add_argument('--draft', default='large', help='independent draft to start from')
   parser.add_argument('--arms', default=','.join((distill_compare.CE_ARM,) + distill.DIVERGENCES),
-                      help='comma-separated arms: ce and/or divergences (default: %(default)s)')
+                      help='comma-separated arms: ce, and divergences on the references or, as '
+                           '<divergence>@target_greedy, on the target\'s greedy outputs '
+                           '(default: %(default)s)')
   parser.add_argument('--steps', type=int, default=150, help='further steps per arm')
   parser.add_argument('--validation-examples', type=int, default=256,
                       help='validation examples per task for the scores')
@@ -54,10 +58,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   arms = [arm for arm in args.arms.split(',') if arm]
-  unknown = sorted(set(arms) - {distill_compare.CE_ARM, *distill.DIVERGENCES})
-  if unknown or args.steps < 1:
-    sys.exit(f'unknown arm(s) {unknown} (known: ce, {", ".join(distill.DIVERGENCES)}) or '
-             f'--steps < 1')
+  for arm in arms:
+    try:
+      if arm != distill_compare.CE_ARM:
+        distill_compare.arm_settings(arm)
+    except ValueError as error:
+      sys.exit(f'arm {arm!r}: {error} (arms: ce, or <divergence>[@<data>])')
+  if args.steps < 1:
+    sys.exit(f'--steps must be >= 1, got {args.steps}')
   family = family_lib.load_family(args.family, args.config)
   result = distill_compare.compare(args.family, family, args.draft, arms, args.steps,
                                    args.validation_examples, progress=not args.no_progress)

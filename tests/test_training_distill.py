@@ -152,6 +152,41 @@ def test_the_comparison_table_has_a_row_per_arm():
   result = {'draft': 'large', 'num_steps': 5, 'validation_examples': 8,
             'rows': [{'arm': arm, 'seconds_per_step': 0.5, **dict.fromkeys(
                 distill_compare.TASKS, scores)} for arm in ('start', 'ce', 'fkl')]}
+  result['rows'][2][distill_compare.TASKS[1] + distill_compare.OWN] = scores
   lines = distill_compare.markdown(result).splitlines()
-  assert lines[-3:] == [f'| {arm} | 0.50 | 0.500 | 0.250 | 0.500 | 0.250 |'
-                        for arm in ('start', 'ce', 'fkl')]
+  # Rows recorded before the scores along the target's own outputs show dashes there.
+  assert lines[-3:] == [f'| {arm} | 0.50 | 0.500 | 0.250 | — | — | 0.500 | 0.250 | — | — |'
+                        for arm in ('start', 'ce')] + [
+                            '| fkl | 0.50 | 0.500 | 0.250 | — | — | 0.500 | 0.250 | 0.500 | 0.250 |']
+
+
+def test_arms_name_a_divergence_and_optionally_the_data():
+  assert distill_compare.arm_settings('tvd') == distill.DistillSettings('tvd')
+  assert distill_compare.arm_settings('fkl@target_greedy') == distill.DistillSettings(
+      'fkl', data='target_greedy')
+  for bad in ('fkl@sampled', 'kl@target_greedy'):
+    with pytest.raises(ValueError, match='must be one of'):
+      distill_compare.arm_settings(bad)
+
+
+def test_target_greedy_drafts_share_the_batches_after_every_start():
+  family = copy.deepcopy(family_lib.load_family('default'))
+  for model in family['models']:
+    if 'distill' in model:
+      model['distill']['data'] = 'target_greedy'
+  starts = {m['name']: m['num_steps'] for m in family['models'] if 'distill' not in m}
+  first = max(starts[m['distill']['from']] for m in family['models'] if 'distill' in m)
+  steps = max(m['num_steps'] for m in family['models'] if 'distill' in m)
+  assert family_lib.generated_range(family) == (first, steps)
+  for model in family['models']:
+    if 'distill' in model:
+      assert family_lib.batches_needed(model, family) == first + model['num_steps']
+  family['models'][-1]['distill']['data'] = 'sampled'
+  with pytest.raises(ValueError, match='data must be one of'):
+    family_lib.check_family('default', family)
+
+
+def test_a_run_on_references_records_the_settings_it_always_did():
+  assert 'data' not in distill.DistillSettings('fkl').recorded()
+  greedy = distill.DistillSettings('fkl', data='target_greedy')
+  assert greedy.recorded()['data'] == 'target_greedy'

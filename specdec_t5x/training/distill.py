@@ -7,10 +7,11 @@ argmax. An independently trained draft only learns the data; a distilled one
 learns what the target would say (DistillSpec, Zhou et al. 2023,
 arXiv:2310.08461). What is done here, in DistillSpec's terms:
 
-* data: the family's training batches (teacher forcing on the training
-  targets, never validation or test), continuing after the batches the draft
-  was trained on; one target forward pass per step gives the teacher's
-  logits (the target is frozen);
+* data: the family's training batches (never validation or test) that the
+  draft was not trained on, teacher-forced either on their references or on
+  the target's own greedy outputs for their inputs (`training.generated`,
+  the prefixes greedy speculative decoding meets); one target forward pass
+  per step gives the teacher's logits (the target is frozen);
 * divergence (`DIVERGENCES`): 'fkl' KL(p‖q), 'rkl' KL(q‖p), 'tvd' TVD(p, q)
   (1 − β: what sampled decoding accepts), or 'argmax' the cross-entropy
   of the target's greedy token (what T = 0 accepts); at `temperature` τ both
@@ -47,20 +48,36 @@ from specdec_t5x.training.loop import Batch, BatchFactory
 
 PyTree = Any
 DIVERGENCES = ('fkl', 'rkl', 'tvd', 'argmax')
+# 'references': teacher forcing on the training targets; 'target_greedy': on the
+# target's own greedy outputs for the training inputs (`training.generated`).
+DATA_SOURCES = ('references', 'target_greedy')
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillSettings:
-  """What the distillation minimises: `divergence` (`DIVERGENCES`) at `temperature`."""
+  """What the distillation minimises, `divergence` (`DIVERGENCES`) at `temperature`, and on what.
+
+  `data` (`DATA_SOURCES`) names the decoder side of the batches; the caller
+  supplies batches of that kind (`family.distill_draft` does).
+  """
 
   divergence: str = 'fkl'
   temperature: float = 1.0
+  data: str = 'references'
 
   def __post_init__(self):
     if self.divergence not in DIVERGENCES:
       raise ValueError(f'divergence must be one of {DIVERGENCES}, got {self.divergence!r}')
     if not self.temperature > 0:
       raise ValueError(f'temperature must be > 0, got {self.temperature}')
+    if self.data not in DATA_SOURCES:
+      raise ValueError(f'data must be one of {DATA_SOURCES}, got {self.data!r}')
+
+  def recorded(self) -> dict[str, Any]:
+    """The settings as a run records them (runs on references predate `data`)."""
+    fields = dataclasses.asdict(self)
+    return fields if self.data != 'references' else {k: v for k, v in fields.items()
+                                                      if k != 'data'}
 
 
 def token_divergence(teacher_logits: jax.Array, student_logits: jax.Array,
@@ -192,7 +209,7 @@ def distill(student: T5Config, teacher: Teacher, start: Start, make_batches: Bat
   total = start.step + num_steps
   loop.check_loop_arguments(num_steps, save_every, keep_checkpoints, log_every)
   run_config = {'model': models.jsonable(student), 'hparams': models.jsonable(hparams),
-                'distill': {**dataclasses.asdict(settings),
+                'distill': {**settings.recorded(),
                             'teacher': paths.portable_path(teacher.checkpoint),
                             'teacher_model': models.jsonable(teacher.config),
                             'start': paths.portable_path(start.workdir),
@@ -238,5 +255,5 @@ def agreement(student: T5Config, student_params: PyTree, teacher: T5Config,
   return {'argmax_agreement': same / tokens, 'beta': beta / tokens, 'tokens': tokens}
 
 
-__all__ = ['DIVERGENCES', 'DistillSettings', 'Teacher', 'Start', 'token_divergence',
+__all__ = ['DIVERGENCES', 'DATA_SOURCES', 'DistillSettings', 'Teacher', 'Start', 'token_divergence',
            'distill_trainee', 'distill', 'agreement']

@@ -21,10 +21,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from specdec_t5x import checkpoints
-from specdec_t5x.training import distill, family, loop, models
+from specdec_t5x.training import distill, family, generated, loop, models
 
 CE_ARM = 'ce'
 TASKS = ('ddtp_ende', 'ddtp_summarize')
+# Scores on the target's own greedy outputs for the validation inputs: the
+# prefixes greedy speculative decoding meets, so their argmax agreement is α at T = 0.
+OWN = '@target_greedy'
+
+
+def arm_settings(arm: str) -> distill.DistillSettings:
+  """The distillation of an arm named `divergence` or `divergence@data` (e.g. 'fkl@target_greedy').
+
+  Raises:
+    ValueError: an unknown divergence or data source.
+  """
+  divergence, _, data = arm.partition('@')
+  return distill.DistillSettings(divergence, data=data or 'references')
 
 
 def validation_batches(task: str, num_examples: int, batch_size: int) -> list[dict[str, Any]]:
@@ -62,7 +75,7 @@ def run_arm(family_name: str, fam: Mapping[str, Any], draft: Mapping[str, Any],
     # The copied run's clock includes the draft's own training.
     own = models.cached_summary(family.model_dir(family_name, draft['name']), draft['num_steps'])
     return summary.checkpoint_dir, (summary.train_seconds - own.train_seconds) / num_steps
-  summary = family.distill_draft(family_name, fam, draft, teacher, distill.DistillSettings(arm),
+  summary = family.distill_draft(family_name, fam, draft, teacher, arm_settings(arm),
                                  num_steps, workdir, progress=progress,
                                  desc=f'{draft["name"]}+{arm}')
   return summary.checkpoint_dir, summary.train_seconds / num_steps
@@ -88,6 +101,8 @@ def compare(family_name: str, fam: Mapping[str, Any], draft_name: str, arms: Seq
                      f'further steps, got {num_steps}')
   teacher = family.load_teacher(family_name, fam, f'comparing distillations of {draft_name!r}')
   batches = {task: validation_batches(task, num_examples, batch_size) for task in TASKS}
+  batches.update({task + OWN: generated.generated_batches(teacher, batches[task])
+                  for task in TASKS})
   config = family.model_config(draft)
   start = checkpoints.step_dir(family.model_dir(family_name, draft['name']), draft['num_steps'])
   runs = [('start', start, 0.0)]
@@ -104,24 +119,36 @@ def compare(family_name: str, fam: Mapping[str, Any], draft_name: str, arms: Seq
       row[task] = distill.agreement(config, params, teacher.config, teacher.params,
                                     task_batches)
     log(f'{arm:>8}: ' + ', '.join(f'{task} argmax {row[task]["argmax_agreement"]:.3f} '
-                                   f'beta {row[task]["beta"]:.3f}' for task in TASKS))
+                                   f'beta {row[task]["beta"]:.3f}' for task in batches))
     rows.append(row)
   return {'draft': draft_name, 'num_steps': num_steps, 'validation_examples': num_examples,
           'rows': rows}
 
 
+def _scores(row: Mapping[str, Any], key: str) -> str:
+  if key not in row:  # comparisons recorded before the target-own scores
+    return '— | —'
+  return f'{row[key]["argmax_agreement"]:.3f} | {row[key]["beta"]:.3f}'
+
+
 def markdown(result: Mapping[str, Any]) -> str:
-  """One table: arm, s/step, and per task the two acceptance proxies."""
+  """One table: arm, s/step, and per task the two acceptance proxies on both kinds of prefix."""
+  keys = [key for task in TASKS for key in (task, task + OWN)]
   lines = [f'Draft `{result["draft"]}`, {result["num_steps"]} further steps per arm, '
            f'teacher-forced on the first {result["validation_examples"]} validation examples '
-           'of each task.', '',
-           '| arm | s/step | ' + ' | '.join(f'{t} argmax agree (α T=0) | {t} β (α T=1)'
-                                           for t in TASKS) + ' |',
-           '|---|---|' + '---|---|' * len(TASKS)]
+           'of each task: along their references, and along the target\'s own greedy outputs '
+           f'for their inputs (`{OWN}`: the prefixes greedy decoding meets, so the argmax '
+           'agreement there is α at T = 0). Arms: `ce` trains on, a divergence distils on the '
+           'references, `<divergence>@target_greedy` on the target\'s greedy outputs for the '
+           'training inputs.', '',
+           '| arm | s/step | ' + ' | '.join(f'{k} argmax agree (α T=0) | {k} β (α T=1)'
+                                           for k in keys) + ' |',
+           '|---|---|' + '---|---|' * len(keys)]
   for row in result['rows']:
-    cells = [f'{row[t]["argmax_agreement"]:.3f} | {row[t]["beta"]:.3f}' for t in TASKS]
+    cells = [_scores(row, key) for key in keys]
     lines.append(f'| {row["arm"]} | {row["seconds_per_step"]:.2f} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-__all__ = ['CE_ARM', 'TASKS', 'validation_batches', 'run_arm', 'compare', 'markdown']
+__all__ = ['CE_ARM', 'TASKS', 'OWN', 'arm_settings', 'validation_batches', 'run_arm', 'compare',
+           'markdown']

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 
 from specdec_t5x import checkpoints, network, paths
-from specdec_t5x.training import distill, loop, models
+from specdec_t5x.training import distill, generated, loop, models
 
 DEFAULT_CONFIG = paths.repo_root() / 'configs' / 'family.json'
 TRAINING_SUMMARY = 'training.json'
@@ -135,7 +135,23 @@ def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
   """The training batches a model reads: a distilled one continues after its start's."""
   if 'distill' not in model:
     return model['num_steps']
+  if distill_settings(model).data == 'target_greedy':
+    return generated_range(family)[0] + model['num_steps']
   return family_start_steps(family, model) + model['num_steps']
+
+
+def generated_range(family: Mapping[str, Any]) -> tuple[int, int]:
+  """`(first, count)`: the training batches the target decodes for 'target_greedy' drafts.
+
+  One set shared by all of them: the batches after the longest-trained draft
+  they start from (so no draft has seen them), as many as the longest of them reads.
+  """
+  greedy = [m for m in family['models']
+            if 'distill' in m and distill_settings(m).data == 'target_greedy']
+  if not greedy:
+    return 0, 0
+  return (max(family_start_steps(family, m) for m in greedy),
+          max(m['num_steps'] for m in greedy))
 
 
 def family_start_steps(family: Mapping[str, Any], model: Mapping[str, Any]) -> int:
@@ -294,6 +310,11 @@ def load_teacher(family_name: str, family: Mapping[str, Any], purpose: str) -> d
   return distill.Teacher(config, checkpoints.load_t5x_params(checkpoint, config), checkpoint)
 
 
+def generated_dir(family_name: str, first: int, count: int) -> pathlib.Path:
+  """Where the target's greedy outputs for training batches `first .. first + count - 1` live."""
+  return paths.cache_dir('batches', f'{family_name}-target-greedy', f'{first}-{count}')
+
+
 def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[str, Any],
                   teacher: distill.Teacher, settings: distill.DistillSettings, num_steps: int,
                   workdir: pathlib.Path, *, progress: bool = True,
@@ -301,13 +322,25 @@ def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[st
   """Continues the trained draft `start` for `num_steps` steps towards `teacher` in `workdir`.
 
   The steps read the family's training batches after the `start['num_steps']`
-  that the draft was trained on, with the family's optimizer settings.
+  that the draft was trained on, with the family's optimizer settings; for
+  `settings.data == 'target_greedy'`, those of `generated_range` (or the first
+  `num_steps` after the draft's own if those are fewer) with the
+  teacher's greedy outputs as targets, decoded once into the cache.
   """
   first = start['num_steps']
   make_batches = make_batch_factory(family_name, family, progress=progress)
+  if settings.data == 'target_greedy':
+    data_first, count = generated_range(family)
+    if count < num_steps:  # a draft outside the family's entries (distill_compare's arms)
+      data_first, count = first, num_steps
+    data = generated.cached_generated_batches(
+        generated_dir(family_name, data_first, count), teacher, make_batches, data_first, count,
+        progress=progress)
+  else:
+    data = lambda i: make_batches(first + i)
   return distill.distill(
       model_config(start), teacher, distill.Start(model_dir(family_name, start['name']), first),
-      lambda i: make_batches(first + i), num_steps, workdir, hparams=train_hparams(family),
+      data, num_steps, workdir, hparams=train_hparams(family),
       settings=settings, save_every=family['save_every'], progress=progress, desc=desc)
 
 
@@ -329,6 +362,9 @@ def training_summary(family_name: str, family: Mapping[str, Any], config_path: p
       'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
                   'jax': jax.__version__},
       'total_train_seconds': sum(row['train_seconds'] for row in rows),
+      # Decoding the 'target_greedy' drafts' batches (shared by them): part of the budget.
+      'target_greedy_seconds': generated.generation_seconds(
+          generated_dir(family_name, *generated_range(family))),
       'models': list(rows)}
 
 
@@ -365,4 +401,4 @@ __all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'f
            'plan_lines', 'models_dir', 'model_dir', 'batches_dir',
            'make_batch_factory', 'train_model', 'keep_recorded_load', 'training_summary',
            'train_models', 'distilled_from', 'distill_settings', 'batches_needed',
-           'load_teacher', 'distill_draft']
+           'load_teacher', 'distill_draft', 'generated_range', 'generated_dir']
