@@ -62,6 +62,34 @@ def verify_draft(rng: Array, target_probs: Array, draft_probs: Array, draft_toke
   return num_accepted, sampling_lib.sample_from_probabilities(residual_rng, residual)
 
 
+def verify_greedy(target_tokens: Array, draft_tokens: Array) -> tuple[Array, Array, Array]:
+  """`verify_draft` at temperature 0, on token ids alone.
+
+  One-hot p and q make Algorithm 1 "keep draft tokens while each is the
+  target's argmax, then emit the target's argmax", and β = Σ min(p, q) is 1
+  where the two agree and 0 elsewhere: nothing needs the `[B, γ+1, V]` arrays.
+
+  Args:
+    target_tokens: `[B, γ+1]` the target's argmax after the prefix and after
+      each draft token (`sampling.first_argmax` of its logits).
+    draft_tokens: `[B, γ]`.
+
+  Returns:
+    `(num_accepted [B], next_token [B], beta [B, γ] float32)`.
+  """
+  gamma = draft_tokens.shape[1]
+  agrees = draft_tokens == target_tokens[:, :gamma]
+  num_accepted = jnp.sum(jnp.cumprod(agrees, axis=1), axis=1).astype(jnp.int32)
+  next_token = jnp.take_along_axis(target_tokens, num_accepted[:, None], axis=1)[:, 0]
+  return num_accepted, next_token, agrees.astype(jnp.float32)
+
+
+def position_betas(target_probs: Array, draft_probs: Array) -> Array:
+  """β = Σ_x min(p(x), q(x)) at each draft position `[B, γ]`: p `[B, γ+1, V]`, q `[B, γ, V]`."""
+  gamma = draft_probs.shape[1]
+  return jnp.sum(jnp.minimum(target_probs[:, :gamma], draft_probs), axis=-1)
+
+
 def emitted_block(draft_tokens: Array, num_accepted: Array, next_token: Array, lengths: Array,
                   done: Array, *, max_decode_len: int, eos_id: Array) -> tuple[Array, Array, Array]:
   """The tokens a row emits this iteration: x_1..x_n, then t, cut after EOS and at T.
@@ -91,24 +119,22 @@ def emitted_block(draft_tokens: Array, num_accepted: Array, next_token: Array, l
   return jnp.where(kept, block, 0), num_new, jnp.any(is_eos & kept, axis=1)
 
 
-def verified_betas(target_probs: Array, draft_probs: Array, num_accepted: Array,
-                   num_new: Array) -> tuple[Array, Array]:
-  """β = Σ min(p, q) summed over this iteration's counted positions, and how many were counted.
+def verified_betas(beta: Array, num_accepted: Array, num_new: Array) -> tuple[Array, Array]:
+  """β summed over this iteration's counted positions, and how many were counted.
 
   The counted positions are those whose prefix is the real output: up to and
   including the first rejection, and not beyond what the row emitted (EOS, T),
   as the paper's α is defined.
 
   Args:
-    target_probs: p, `[B, γ+1, V]`.
-    draft_probs: q, `[B, γ, V]`.
+    beta: `[B, γ]` β at each draft position (`position_betas`, or
+      `verify_greedy`'s at temperature 0).
     num_accepted, num_new: `[B]`, from `verify_draft` and `emitted_block`.
 
   Returns:
     `(beta_sum [B] float32, beta_count [B] int32)`.
   """
-  gamma = draft_probs.shape[1]
-  beta = jnp.sum(jnp.minimum(target_probs[:, :gamma], draft_probs), axis=-1)  # [B, γ]
+  gamma = beta.shape[1]
   counted = jnp.arange(gamma)[None, :] < jnp.minimum(num_accepted + 1, num_new)[:, None]
   return (jnp.sum(jnp.where(counted, beta, 0.0), axis=1),
           jnp.sum(counted, axis=1).astype(jnp.int32))

@@ -302,16 +302,21 @@ def _iteration(state: _SpeculativeState, request: _Request, target_module: nn.Mo
   logits, target_cache, drafter_state = _score(
       target_module, target_params, state.target_cache, request,
       jnp.concatenate([last[:, None], draft_tokens], axis=1), drafter, drafter_state)
-  p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
   # 3.-5. Accept a prefix of the draft, then one token from the target.
-  num_accepted, next_token = acceptance.verify_draft(verify_rng, p, q, draft_tokens,
-                                                     sampling.greedy)
+  if sampling.greedy:  # one-hot p and q: token ids say it all, no [B, γ+1, V] arrays
+    num_accepted, next_token, beta = acceptance.verify_greedy(
+        sampling_lib.first_argmax(logits), draft_tokens)
+  else:
+    p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
+    num_accepted, next_token = acceptance.verify_draft(verify_rng, p, q, draft_tokens,
+                                                       greedy=False)
+    beta = acceptance.position_betas(p, q)
   block, num_new, ended = acceptance.emitted_block(
       draft_tokens, num_accepted, next_token, state.lengths, state.done,
       max_decode_len=max_decode_len, eos_id=request.eos_id)
   sequences = _append_at(state.sequences, block, state.lengths + 1)
   lengths = state.lengths + num_new
-  beta_sum, beta_count = acceptance.verified_betas(p, q, num_accepted, num_new)
+  beta_sum, beta_count = acceptance.verified_betas(beta, num_accepted, num_new)
   active = (~state.done).astype(jnp.int32)
   return _SpeculativeState(
       sequences=sequences, lengths=lengths,

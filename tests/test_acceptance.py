@@ -71,8 +71,22 @@ def test_emitted_block_cuts_after_eos_and_at_max_len_and_skips_done_rows():
 def test_verified_betas_count_positions_up_to_the_first_rejection():
   p = one_hot([[3, 4, 5]])
   q = jnp.stack([one_hot([[3]])[0, 0], jnp.full((6,), 1 / 6)])[None]  # β = 1, then 1/6
-  beta_sum, beta_count = acceptance.verified_betas(p, q, jnp.asarray([1]), jnp.asarray([2]))
+  beta = acceptance.position_betas(p, q)
+  beta_sum, beta_count = acceptance.verified_betas(beta, jnp.asarray([1]), jnp.asarray([2]))
   assert int(beta_count[0]) == 2 and abs(float(beta_sum[0]) - (1 + 1 / 6)) < 1e-6
   # A row cut by EOS / max_decode_len after its first token counts only that position.
-  beta_sum, beta_count = acceptance.verified_betas(p, q, jnp.asarray([1]), jnp.asarray([1]))
+  beta_sum, beta_count = acceptance.verified_betas(beta, jnp.asarray([1]), jnp.asarray([1]))
   assert int(beta_count[0]) == 1 and abs(float(beta_sum[0]) - 1.0) < 1e-6
+
+
+def test_verify_greedy_on_token_ids_is_verify_draft_on_one_hots():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    target = rng.integers(0, 4, size=(5, 4)).astype(np.int32)   # [B, γ+1], few ids: many agree
+    drafts = rng.integers(0, 4, size=(5, 3)).astype(np.int32)
+    num, token, beta = acceptance.verify_greedy(target, drafts)
+    p, q = one_hot(target), one_hot(drafts)
+    want_num, want_token = acceptance.verify_draft(jax.random.PRNGKey(0), p, q, drafts, True)
+    np.testing.assert_array_equal(num, want_num)
+    np.testing.assert_array_equal(token, want_token)
+    np.testing.assert_array_equal(beta, acceptance.position_betas(p, q))

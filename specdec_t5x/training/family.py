@@ -12,10 +12,10 @@ and `train_models` records sizes and times in `<family>/training.json`. Paths in
 that file are machine-free (`{cache}/models/...`, repository files relative to
 the checkout; `resolve_recorded_path` reads them back).
 
-A draft entry with `distill: {"from": <draft>, "divergence": ..., "temperature": ...}`
-continues that independent draft's run towards the target for `num_steps` more
-steps, on the training batches after the ones it was trained on
-(`training.distill`). `training.family_target` loads a family's target.
+A draft with `distill: {"from": <draft>, "divergence", "temperature", "data"}` continues
+that independent draft towards the target for `num_steps` more steps (`training.distill`)
+on batches it has not seen: their references, or (data "target_greedy") the target's
+own greedy outputs (`training.generated`). `training.family_target` loads the target.
 """
 
 from __future__ import annotations
@@ -396,9 +396,9 @@ def train_models(family_name: str, family: Mapping[str, Any], selected: Sequence
 
 
 __all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'family_entry',
-           'load_family', 'check_family', 'model_config', 'train_hparams',
-           'count_params', 'target_model', 'check_param_ratio', 'describe', 'config_dict',
-           'plan_lines', 'models_dir', 'model_dir', 'batches_dir',
-           'make_batch_factory', 'train_model', 'keep_recorded_load', 'training_summary',
-           'train_models', 'distilled_from', 'distill_settings', 'batches_needed',
-           'load_teacher', 'distill_draft', 'generated_range', 'generated_dir']
+           'load_family', 'check_family', 'model_config', 'train_hparams', 'count_params',
+           'target_model', 'check_param_ratio', 'describe', 'config_dict', 'plan_lines',
+           'models_dir', 'model_dir', 'batches_dir', 'make_batch_factory', 'train_model',
+           'keep_recorded_load', 'training_summary', 'train_models', 'distilled_from',
+           'distill_settings', 'batches_needed', 'load_teacher', 'distill_draft',
+           'generated_range', 'generated_dir']
