@@ -11,11 +11,12 @@
 #   2. data     scripts/build_data.py: Debian's DDTP Translation-en/-de lists -> TFDS + vocabulary
 #               in $SPECDEC_CACHE_DIR (default ~/.cache/specdec_t5x). Fetching the lists uses apt
 #               and needs root; without root, pass --translations-dir with fetched lists;
-#   3. train    scripts/train_family.py --family F (about 90 min on 2 idle cores for `default`:
-#               the target, three drafts, and the three drafts distilled towards the target; a
-#               couple of minutes for `miniature`; resumable, cached); for `default` then
-#               scripts/compare_distillation.py (results/distill_compare_large.*, about 4 min:
-#               which loss the distilled drafts use);
+#   3. train    scripts/train_family.py --family F (about 115 min on 2 idle cores for `default`:
+#               the target, three drafts, the target's greedy outputs for 800 training batches,
+#               and the three drafts distilled towards the target on them; a couple of minutes
+#               for `miniature`; resumable, cached); for `default` then
+#               scripts/compare_distillation.py twice (results/distill_compare_{large,small}.*,
+#               about 8 min: which loss, and which data, the distilled drafts use);
 #   4. evaluate scripts/evaluate_family.py --family F -> results/models.md, results/models.json
 #               (results/models.miniature.* for the miniature family);
 #   5. cheap    drafts without a draft model: unigram/bigram counts (scripts/build_ngram_drafters.py)
@@ -97,6 +98,8 @@ echo "== [3/7] train: scripts/train_family.py --family $family"
 "$python" scripts/train_family.py --family "$family"
 if [[ "$family" == default ]]; then
   "$python" scripts/compare_distillation.py --draft large --steps 100 --arms ce,fkl,tvd,argmax
+  "$python" scripts/compare_distillation.py --draft small --steps 150 --arms fkl,fkl@target_greedy \
+    --validation-examples 128
 fi
 
 echo "== [4/7] evaluate: scripts/evaluate_family.py --family $family"
