@@ -141,17 +141,14 @@ def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
 
 
 def generated_range(family: Mapping[str, Any]) -> tuple[int, int]:
-  """`(first, count)`: the training batches the target decodes for 'target_greedy' drafts.
+  """`(first, count)`: the batches decoded for all 'target_greedy' drafts, `(0, 0)` if none.
 
-  One set shared by all of them: the batches after the longest-trained draft
-  they start from (so no draft has seen them), as many as the longest of them reads.
+  They follow the longest-trained start (no draft has seen them); count is the longest run's.
   """
   greedy = [m for m in family['models']
             if 'distill' in m and distill_settings(m).data == 'target_greedy']
-  if not greedy:
-    return 0, 0
-  return (max(family_start_steps(family, m) for m in greedy),
-          max(m['num_steps'] for m in greedy))
+  return ((max(family_start_steps(family, m) for m in greedy),
+           max(m['num_steps'] for m in greedy)) if greedy else (0, 0))
 
 
 def family_start_steps(family: Mapping[str, Any], model: Mapping[str, Any]) -> int:
