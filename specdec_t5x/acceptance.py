@@ -31,30 +31,29 @@ def verify_draft(rng: Array, target_probs: Array, draft_probs: Array, draft_toke
       prefix and after each draft token.
     draft_probs: q, `[B, γ, V]`, the distributions the draft tokens came from.
     draft_tokens: `[B, γ]`.
-    greedy: p and q are one-hot argmaxes; accept while the tokens agree.
+    greedy: p and q are one-hot argmaxes: `verify_greedy`'s rule on their tokens.
 
   Returns:
     `(num_accepted [B] in [0, γ], next_token [B])`: next_token ~ norm(max(0,
     p_{n+1} − q_{n+1})) after a rejection, ~ p_{γ+1} after full acceptance.
   """
+  if greedy:
+    num_accepted, next_token, _ = verify_greedy(sampling_lib.first_argmax(target_probs),
+                                                draft_tokens)
+    return num_accepted, next_token
   batch, gamma = draft_tokens.shape
   accept_rng, residual_rng = jax.random.split(rng)
   p_of_draft = jnp.take_along_axis(target_probs[:, :gamma], draft_tokens[..., None], -1)[..., 0]
   q_of_draft = jnp.take_along_axis(draft_probs, draft_tokens[..., None], -1)[..., 0]
-  if greedy:
-    accepted = p_of_draft > 0.0
-  else:
-    # r < p/q, written without the division: q(x) > 0 for every drawn x.
-    r = jax.random.uniform(accept_rng, (batch, gamma))
-    accepted = r * q_of_draft < p_of_draft
+  # r < p/q, written without the division: q(x) > 0 for every drawn x.
+  r = jax.random.uniform(accept_rng, (batch, gamma))
+  accepted = r * q_of_draft < p_of_draft
   num_accepted = jnp.sum(jnp.cumprod(accepted, axis=1), axis=1).astype(jnp.int32)
 
   # A zero q after the last draft makes "full acceptance" the same residual rule.
   padded_q = jnp.concatenate([draft_probs, jnp.zeros_like(draft_probs[:, :1])], axis=1)
   pick = lambda x: jnp.take_along_axis(x, num_accepted[:, None, None], axis=1)[:, 0]
   p_next, q_next = pick(target_probs), pick(padded_q)
-  if greedy:
-    return num_accepted, sampling_lib.first_argmax(p_next)
   residual = jnp.maximum(p_next - q_next, 0.0)
   # p == q exactly gives an empty residual; it can only be reached when the
   # rejection had probability 0, so falling back to p keeps the law exact.

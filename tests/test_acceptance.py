@@ -79,14 +79,16 @@ def test_verified_betas_count_positions_up_to_the_first_rejection():
   assert int(beta_count[0]) == 1 and abs(float(beta_sum[0]) - 1.0) < 1e-6
 
 
-def test_verify_greedy_on_token_ids_is_verify_draft_on_one_hots():
+def test_verify_greedy_on_token_ids_is_the_sampled_rule_on_one_hots():
+  # On one-hot p and q the general rule is deterministic (accept iff p(x) = 1, the residual
+  # is p's one-hot), so it must give exactly what the token-id rule gives.
   rng = np.random.default_rng(0)
   for _ in range(20):
     target = rng.integers(0, 4, size=(5, 4)).astype(np.int32)   # [B, γ+1], few ids: many agree
     drafts = rng.integers(0, 4, size=(5, 3)).astype(np.int32)
     num, token, beta = acceptance.verify_greedy(target, drafts)
     p, q = one_hot(target), one_hot(drafts)
-    want_num, want_token = acceptance.verify_draft(jax.random.PRNGKey(0), p, q, drafts, True)
+    want_num, want_token = acceptance.verify_draft(jax.random.PRNGKey(0), p, q, drafts, False)
     np.testing.assert_array_equal(num, want_num)
     np.testing.assert_array_equal(token, want_token)
     np.testing.assert_array_equal(beta, acceptance.position_betas(p, q))

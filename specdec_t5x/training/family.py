@@ -127,7 +127,7 @@ def distilled_from(name: str, family: Mapping[str, Any], model: Mapping[str, Any
 
 
 def distill_settings(model: Mapping[str, Any]) -> distill.DistillSettings:
-  """The divergence and temperature of a distilled entry (its `distill` less `from`)."""
+  """The divergence, temperature and data of a distilled entry (its `distill` less `from`)."""
   return distill.DistillSettings(**{k: v for k, v in model['distill'].items() if k != 'from'})
 
 
@@ -353,15 +353,16 @@ def keep_recorded_load(row: dict[str, Any], earlier: Mapping[str, Any] | None) -
 def training_summary(family_name: str, family: Mapping[str, Any], config_path: pathlib.Path,
                      rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The contents of training.json: the family, this machine, and one row per model."""
+  first, count = generated_range(family)
   return {
       'family': family_name, 'config_file': paths.portable_path(config_path),
       'mixture': family['mixture'], 'hparams': dataclasses.asdict(train_hparams(family)),
       'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
                   'jax': jax.__version__},
       'total_train_seconds': sum(row['train_seconds'] for row in rows),
-      # Decoding the 'target_greedy' drafts' batches (shared by them): part of the budget.
-      'target_greedy_seconds': generated.generation_seconds(
-          generated_dir(family_name, *generated_range(family))),
+      # Decoding the 'target_greedy' batches: part of the budget (none: no directory made).
+      'target_greedy_seconds': (generated.generation_seconds(
+          generated_dir(family_name, first, count)) if count else 0.0),
       'models': list(rows)}
 
 

@@ -75,19 +75,17 @@ def pack_decoder(outputs: Mapping[tuple[int, int], np.ndarray], rows: int,
   not fit are cut at `length` (a cut segment is still teacher-forcing data).
   """
   packed = {name: np.zeros((rows, length), np.int32) for name in DECODER_FEATURES}
-  for row in range(rows):
-    start = 0
-    for (out_row, segment), tokens in sorted(outputs.items()):
-      if out_row != row or start >= length:
-        continue
-      tokens = np.asarray(tokens[:length - start], np.int32)
-      end = start + tokens.size
-      packed['decoder_target_tokens'][row, start:end] = tokens
-      packed['decoder_input_tokens'][row, start + 1:end] = tokens[:-1]
-      packed['decoder_segment_ids'][row, start:end] = segment
-      packed['decoder_positions'][row, start:end] = np.arange(tokens.size)
-      packed['decoder_loss_weights'][row, start:end] = 1
-      start = end
+  starts = [0] * rows  # where each row's next segment goes
+  for (row, segment), tokens in sorted(outputs.items()):
+    start = starts[row]
+    tokens = np.asarray(tokens[:length - start], np.int32)
+    end = start + tokens.size
+    packed['decoder_target_tokens'][row, start:end] = tokens
+    packed['decoder_input_tokens'][row, start + 1:end] = tokens[:-1]
+    packed['decoder_segment_ids'][row, start:end] = segment
+    packed['decoder_positions'][row, start:end] = np.arange(tokens.size)
+    packed['decoder_loss_weights'][row, start:end] = 1
+    starts[row] = end
   return packed
 
 
