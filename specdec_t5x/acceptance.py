@@ -108,7 +108,7 @@ def emitted_block(draft_tokens: Array, num_accepted: Array, next_token: Array, l
   """
   gamma = draft_tokens.shape[1]
   index = jnp.arange(gamma + 1)[None, :]  # [1, γ+1]
-  padded_draft = jnp.concatenate([draft_tokens, jnp.zeros_like(draft_tokens[:, :1])], axis=1)
+  padded_draft = jnp.pad(draft_tokens, ((0, 0), (0, 1)))  # γ = 0 (a plain step) included
   block = jnp.where(index < num_accepted[:, None], padded_draft, next_token[:, None])
   is_eos = (block == eos_id) & (index <= num_accepted[:, None])
   eos_cut = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, gamma + 1)

@@ -2,8 +2,10 @@
 
 `autoregressive_decode` is the baseline every speed figure is a ratio over;
 `speculative_decode` is Algorithm 1 of Leviathan et al. (2023) with a drafter
-(see `specdec_t5x.drafters`). Both return exactly what the target model alone
-gives: the same tokens at temperature 0, the same distribution otherwise.
+(see `specdec_t5x.drafters`; the loop is `specdec_t5x.speculative_loop`, and
+gamma='auto' is `specdec_t5x.adaptive`). Both return exactly what the target
+model alone gives: the same tokens at temperature 0, the same distribution
+otherwise.
 
 Shapes: `B` batch, `L` encoder length, `T = max_decode_len`, `γ = gamma`,
 `V` the target's vocabulary size.
@@ -12,6 +14,8 @@ Shapes: `B` batch, `L` encoder length, `T = max_decode_len`, `γ = gamma`,
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -20,10 +24,11 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from specdec_t5x import acceptance
+from specdec_t5x import adaptive, calibration, speculative_loop
 from specdec_t5x import cache as cache_lib
 from specdec_t5x import drafters as drafters_lib
 from specdec_t5x import sampling as sampling_lib
+from specdec_t5x.speculative_loop import SpeculativeOutput
 
 Array = jax.Array
 
@@ -32,19 +37,6 @@ Array = jax.Array
 class DecodeOutput:
   tokens: Array   # [B, T] int32, 0 after EOS
   lengths: Array  # [B] tokens emitted, EOS included
-
-
-@struct.dataclass
-class SpeculativeOutput:
-  tokens: Array      # [B, T] int32, 0 after EOS
-  lengths: Array     # [B] tokens emitted, EOS included
-  iterations: Array        # [B] target calls while the row was still decoding
-  draft_iterations: Array  # [B] of those, the ones that verified γ draft tokens (all but
-                           #     the draft-less first call of a look-ahead drafter)
-  accepted: Array          # [B] draft tokens emitted (accepted and not cut by EOS / T)
-  beta_mean: Array         # [B] mean of β = Σ min(p, q) over the verified positions (α estimate)
-  beta_count: Array        # [B] the verified positions behind beta_mean: pool α over rows
-                           #     and requests as Σ beta_mean·beta_count / Σ beta_count
 
 
 # ------------------------------------------------------------------------------
@@ -85,12 +77,6 @@ def _check_eos(eos_id: int, vocab_size: int) -> Array:
 
 def _default_rng(rng: Array | None) -> Array:
   return jax.random.PRNGKey(0) if rng is None else rng
-
-
-def _append_at(sequences: Array, block: Array, starts: Array) -> Array:
-  """Writes `block [B, k]` into `sequences [B, S]` at column `starts[b]` of each row."""
-  write = lambda row, values, start: jax.lax.dynamic_update_slice_in_dim(row, values, start, 0)
-  return jax.vmap(write)(sequences, block, starts)
 
 
 # ------------------------------------------------------------------------------
@@ -155,7 +141,7 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
                                           encoder_input_tokens, last[:, None])
     token = sampling_lib.sample(step_rng, logits[:, 0], sampling)  # first_argmax when greedy
     token = jnp.where(state.done, 0, token)
-    sequences = _append_at(state.sequences, token[:, None], state.lengths + 1)
+    sequences = speculative_loop.append_at(state.sequences, token[:, None], state.lengths + 1)
     lengths = state.lengths + (~state.done).astype(jnp.int32)
     done = state.done | (token == eos_id) | (lengths >= max_decode_len)
     return _AutoregressiveState(sequences, lengths, done, cache, rng)
@@ -169,34 +155,18 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
 # ------------------------------------------------------------------------------
 
 
-@struct.dataclass
-class _SpeculativeState:
-  sequences: Array         # [B, T + γ + 2]: BOS, then emitted tokens
-  lengths: Array           # [B]
-  done: Array              # [B] bool
-  target_cache: Any        # position == lengths at the top of each iteration
-  drafter_state: Any
-  rng: Array
-  iterations: Array        # [B]
-  draft_iterations: Array  # [B]
-  accepted: Array          # [B]
-  beta_sum: Array          # [B]
-  beta_count: Array        # [B]
-
-
-@struct.dataclass
-class _Request:
-  """What every iteration of one request reads: the encoder side and the EOS id."""
-  encoded: Array               # [B, L, E] the target's encoder output
-  encoder_input_tokens: Array  # [B, L]
-  eos_id: Array
+# ------------------------------------------------------------------------------
+# Speculative decoding (the loop itself is `specdec_t5x.speculative_loop`).
+# ------------------------------------------------------------------------------
 
 
 def speculative_decode(target_module: nn.Module, target_params: Any,
                        drafter: drafters_lib.Drafter, encoder_input_tokens: Array, *,
-                       gamma: int, max_decode_len: int, rng: Array | None = None,
+                       gamma: int | str, max_decode_len: int, rng: Array | None = None,
                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                       eos_id: int = 1) -> SpeculativeOutput:
+                       eos_id: int = 1, max_gamma: int = adaptive.DEFAULT_MAX_GAMMA,
+                       cost_profile: adaptive.CostProfile | str | os.PathLike | None = None,
+                       auto_settings: Mapping[str, Any] | None = None) -> SpeculativeOutput:
   """Speculative decoding (Algorithm 1), batched with per-row acceptance.
 
   Each iteration the drafter proposes γ tokens per row, the target scores all
@@ -213,10 +183,19 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
     drafter: a `specdec_t5x.drafters.Drafter` (e.g. `ModelDrafter`,
       `BigramDrafter`, `PassDrafter`).
     encoder_input_tokens: `[B, L]` int token ids, 0 is padding.
-    gamma: draft tokens per iteration, >= 1.
+    gamma: draft tokens per iteration, >= 1; or 'auto': chosen before every
+      iteration in {0, ..., max_gamma} (0 is a plain target step) from the
+      running acceptance rate and `cost_profile` (`specdec_t5x.adaptive`).
     max_decode_len: the most tokens a row emits (EOS included).
     rng, temperature, top_k, top_p, eos_id: as in `autoregressive_decode`; the
       sampling transform is applied to the target's p and the draft's q alike.
+    max_gamma: with gamma='auto', the largest γ it may choose.
+    cost_profile: with gamma='auto', what an iteration costs at each γ: an
+      `adaptive.CostProfile`, a file it saved, or None to measure one on this
+      machine for these models and shapes (`calibration.cached_profile`: a
+      few seconds once, then read from the cache).
+    auto_settings: with gamma='auto', keyword arguments of
+      `adaptive.make_policy` (alpha_prior, prior_weight, memory, probe_every).
 
   Returns:
     `SpeculativeOutput` with tokens, lengths and per-row acceptance statistics.
@@ -225,144 +204,19 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
   drafters_lib.check_vocab_compatible(vocab_size, drafter.vocab_size)
   sampling = sampling_lib.make_sampling_config(temperature, top_k, top_p)
   tokens = _check_encoder_inputs(encoder_input_tokens, vocab_size)
-  return _speculative_decode(target_module, target_params, drafter, tokens, _default_rng(rng),
-                             gamma=_check_positive_int('gamma', gamma),
-                             max_decode_len=_check_positive_int('max_decode_len',
-                                                                max_decode_len),
-                             sampling=sampling, eos_id=_check_eos(eos_id, vocab_size))
-
-
-def _embed_tokens(module: nn.Module, tokens: Array) -> Array:
-  return module.shared_embedding(tokens)
-
-
-def _score(target_module: nn.Module, target_params: Any, cache: Any, request: _Request,
-           tokens: Array, drafter: drafters_lib.Drafter,
-           drafter_state: Any) -> tuple[Array, Any, Any]:
-  """One target call on `tokens [B, k]`, plus the drafter's extra positions if it has any.
-
-  Returns:
-    `(logits [B, k, V], cache, drafter_state)`; the cache has advanced by k
-    plus the extra positions, which the caller's rewind discards.
-  """
-  extra = drafters_lib.num_extra_positions(drafter)
-  if not extra:
-    logits, cache = cache_lib.decode_step(target_module, target_params, cache, request.encoded,
-                                          request.encoder_input_tokens, tokens)
-    return logits, cache, drafter_state
-  # The same embedding lookup the decoder does, so the k real positions are unchanged;
-  # the extra positions follow them, so the causal mask hides them from the real ones.
-  embeddings = target_module.apply({'params': target_params}, tokens, method=_embed_tokens)
-  extra_embeddings = drafter.extra_embeddings(drafter_state).astype(embeddings.dtype)
-  embeddings = jnp.concatenate([embeddings, extra_embeddings], axis=1)
-  # In decode mode the token ids only give the call its length.
-  padded = jnp.pad(tokens, ((0, 0), (0, extra)))
-  logits, cache = cache_lib.decode_step(target_module, target_params, cache, request.encoded,
-                                        request.encoder_input_tokens, padded,
-                                        decoder_input_embeddings=embeddings)
-  k = tokens.shape[1]
-  drafter_state = drafter.observe_extra_logits(drafter_state, logits[:, k:])
-  return logits[:, :k], cache, drafter_state
-
-
-def _first_call(state: _SpeculativeState, request: _Request, target_module: nn.Module,
-                target_params: Any, drafter: drafters_lib.Drafter, *, max_decode_len: int,
-                sampling: sampling_lib.SamplingConfig) -> _SpeculativeState:
-  """An iteration without drafts: score BOS (and the extra positions), emit p's token.
-
-  Drafters with extra positions draft from the logits of the previous target
-  call, which the first iteration does not have yet.
-  """
-  rng, step_rng = jax.random.split(state.rng)
-  logits, target_cache, drafter_state = _score(
-      target_module, target_params, state.target_cache, request, state.sequences[:, :1],
-      drafter, state.drafter_state)
-  token = sampling_lib.sample(step_rng, logits[:, 0], sampling)
-  sequences = state.sequences.at[:, 1].set(token)
-  lengths = jnp.ones_like(state.lengths)
-  return state.replace(
-      sequences=sequences, lengths=lengths,
-      done=(token == request.eos_id) | (max_decode_len <= 1),
-      target_cache=cache_lib.rewind(target_cache, lengths),
-      drafter_state=drafter.accept(drafter_state, sequences, lengths), rng=rng,
-      iterations=lengths)
-
-
-def _iteration(state: _SpeculativeState, request: _Request, target_module: nn.Module,
-               target_params: Any, drafter: drafters_lib.Drafter, *, gamma: int,
-               max_decode_len: int, sampling: sampling_lib.SamplingConfig) -> _SpeculativeState:
-  """One iteration of Algorithm 1 for every row: draft, score once, accept, emit, rewind."""
-  rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
-  # 1. The drafter proposes γ tokens and the distributions q they came from.
-  draft_tokens, q, drafter_state = drafter.propose(
-      state.drafter_state, state.sequences, state.lengths, gamma, sampling,
-      target_module.config.vocab_size, draft_rng)
-  # 2. The target scores all γ+1 positions in one call.
-  last = drafters_lib.last_inputs(state.sequences, state.lengths)
-  logits, target_cache, drafter_state = _score(
-      target_module, target_params, state.target_cache, request,
-      jnp.concatenate([last[:, None], draft_tokens], axis=1), drafter, drafter_state)
-  # 3.-5. Accept a prefix of the draft, then one token from the target.
-  if sampling.greedy:  # one-hot p and q: token ids say it all, no [B, γ+1, V] arrays
-    num_accepted, next_token, beta = acceptance.verify_greedy(
-        sampling_lib.first_argmax(logits), draft_tokens)
+  max_decode_len = _check_positive_int('max_decode_len', max_decode_len)
+  eos = _check_eos(eos_id, vocab_size)
+  policy = None
+  if gamma == adaptive.AUTO:
+    max_gamma = _check_positive_int('max_gamma', max_gamma)
+    profile = calibration.resolve_profile(
+        cost_profile, target_module, target_params, drafter, tokens, max_gamma=max_gamma,
+        max_decode_len=max_decode_len, sampling=sampling)
+    policy, gamma = adaptive.make_policy(profile, max_gamma, **(auto_settings or {})), None
+  elif isinstance(gamma, str):
+    raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
   else:
-    p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
-    num_accepted, next_token = acceptance.verify_draft(verify_rng, p, q, draft_tokens,
-                                                       greedy=False)
-    beta = acceptance.position_betas(p, q)
-  block, num_new, ended = acceptance.emitted_block(
-      draft_tokens, num_accepted, next_token, state.lengths, state.done,
-      max_decode_len=max_decode_len, eos_id=request.eos_id)
-  sequences = _append_at(state.sequences, block, state.lengths + 1)
-  lengths = state.lengths + num_new
-  beta_sum, beta_count = acceptance.verified_betas(beta, num_accepted, num_new)
-  active = (~state.done).astype(jnp.int32)
-  return _SpeculativeState(
-      sequences=sequences, lengths=lengths,
-      done=state.done | ended | (lengths >= max_decode_len),
-      # Rewind both models to what was kept: rejected positions are overwritten later.
-      target_cache=cache_lib.rewind(target_cache, lengths),
-      drafter_state=drafter.accept(drafter_state, sequences, lengths),
-      rng=rng,
-      iterations=state.iterations + active,
-      draft_iterations=state.draft_iterations + active,
-      accepted=state.accepted + jnp.minimum(num_accepted, num_new),
-      beta_sum=state.beta_sum + beta_sum,
-      beta_count=state.beta_count + beta_count)
-
-
-@functools.partial(jax.jit, static_argnames=('target_module', 'gamma', 'max_decode_len',
-                                             'sampling'))
-def _speculative_decode(target_module: nn.Module, target_params: Any,
-                        drafter: drafters_lib.Drafter, encoder_input_tokens: Array, rng: Array, *,
-                        gamma: int, max_decode_len: int, sampling: sampling_lib.SamplingConfig,
-                        eos_id: Array) -> SpeculativeOutput:
-  batch = encoder_input_tokens.shape[0]
-  extra = drafters_lib.num_extra_positions(drafter)
-  # A row at length T may still be scored (and ignored): T + γ + 1 positions,
-  # plus the drafter's extra positions after them.
-  cache_length = max_decode_len + gamma + 1 + extra
-  request = _Request(encoded=cache_lib.encode(target_module, target_params, encoder_input_tokens),
-                     encoder_input_tokens=encoder_input_tokens, eos_id=eos_id)
-  zeros = jnp.zeros((batch,), jnp.int32)
-  state = _SpeculativeState(
-      sequences=jnp.zeros((batch, max_decode_len + gamma + 2), jnp.int32),
-      lengths=zeros, done=jnp.zeros((batch,), bool),
-      target_cache=cache_lib.init_decode_cache(target_module, target_params, request.encoded,
-                                               encoder_input_tokens, cache_length),
-      drafter_state=drafter.init(encoder_input_tokens, cache_length),
-      rng=rng, iterations=zeros, draft_iterations=zeros, accepted=zeros,
-      beta_sum=jnp.zeros((batch,), jnp.float32), beta_count=zeros)
-  models = dict(target_module=target_module, target_params=target_params, drafter=drafter)
-  if extra:
-    state = _first_call(state, request, **models, max_decode_len=max_decode_len,
-                        sampling=sampling)
-  body = functools.partial(_iteration, request=request, **models, gamma=gamma,
-                           max_decode_len=max_decode_len, sampling=sampling)
-  final = jax.lax.while_loop(lambda state: ~jnp.all(state.done), body, state)
-  return SpeculativeOutput(
-      tokens=final.sequences[:, 1:max_decode_len + 1], lengths=final.lengths,
-      iterations=final.iterations, draft_iterations=final.draft_iterations,
-      accepted=final.accepted, beta_mean=final.beta_sum / jnp.maximum(final.beta_count, 1),
-      beta_count=final.beta_count)
+    gamma = _check_positive_int('gamma', gamma)
+  return speculative_loop.decode(target_module, target_params, drafter, tokens,
+                                 _default_rng(rng), policy, gamma=gamma,
+                                 max_decode_len=max_decode_len, sampling=sampling, eos_id=eos)

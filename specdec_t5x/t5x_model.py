@@ -36,7 +36,6 @@ constructing the model raises an `ImportError` that says how to install it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -45,83 +44,23 @@ import jax
 import jax.numpy as jnp
 from flax.linen import partitioning as flax_partitioning
 
-from specdec_t5x import decoding, network, t5x_drafting
+from specdec_t5x import adaptive, decoding, network, t5x_drafting
 from specdec_t5x import drafters as drafters_lib
 from specdec_t5x import sampling as sampling_lib
-
-try:
-  from t5x import decoding as t5x_decoding
-  from t5x import models as t5x_models
-except ImportError as _err:  # t5x is optional: only this module's classes need it
-  t5x_decoding = t5x_models = None
-  _T5X_IMPORT_ERROR: ImportError | None = _err
-else:
-  _T5X_IMPORT_ERROR = None
+from specdec_t5x.t5x_conventions import (  # noqa: F401  (re-exported: gin and tests)
+  _BEAM_SEARCH,
+  T5X_INSTALL_HINT,
+  _EncoderDecoderModel,
+  _require_t5x,
+  t5x_eos_id,
+  t5x_models,
+  t5x_sampling_decode_fn,
+)
 
 logger = logging.getLogger(__name__)
 
 PyTree = Any
 Array = jax.Array
-
-T5X_INSTALL_HINT = (
-    't5x is not importable, and SpeculativeEncoderDecoderModel subclasses '
-    't5x.models.EncoderDecoderModel. t5x is not on PyPI; install it from GitHub next to '
-    'specdec_t5x (tested at commit cc342d4): `pip install "t5x @ git+https://github.com/'
-    'google-research/t5x@cc342d419ec3e3e9c4bf1df33c82330cafdc1e16"`; see docs/t5x.md.')
-
-
-def _require_t5x() -> None:
-  if t5x_models is None:
-    raise ImportError(T5X_INSTALL_HINT) from _T5X_IMPORT_ERROR
-
-
-class _T5XNotInstalled:
-  """Stands in for `t5x.models.EncoderDecoderModel` when t5x is missing."""
-
-  def __init__(self, *args: Any, **kwargs: Any):
-    del args, kwargs
-    _require_t5x()
-
-
-_EncoderDecoderModel = t5x_models.EncoderDecoderModel if t5x_models else _T5XNotInstalled
-_BEAM_SEARCH = t5x_decoding.beam_search if t5x_decoding else None
-
-
-# ------------------------------------------------------------------------------
-# T5X's conventions.
-# ------------------------------------------------------------------------------
-
-
-def t5x_eos_id(vocabulary: Any) -> int:
-  """The EOS id T5X's own decoding stops at for an output `vocabulary`.
-
-  `EncoderDecoderModel.predict_batch_with_aux` (t5x/models.py at the tested
-  commit) uses `vocabulary.eos_id or 1`: a vocabulary without an EOS (None,
-  seqio's `PassThroughVocabulary` default) and one whose EOS is 0, the id T5
-  reserves for padding and BOS, both stop at 1. The speculative model stops
-  where T5X's `decode_fn` would, so that its outputs are the baseline's.
-  """
-  return int(vocabulary.eos_id or 1)
-
-
-def t5x_sampling_decode_fn(temperature: float = 0.0, top_k: int = 0,
-                           top_p: float = 1.0) -> Any:
-  """T5X's own `decoding.temperature_sample` with our sampling conventions.
-
-  The baseline T5X decode for the same settings (speculative.gin binds it, so
-  `GAMMA=0` is plain T5X): temperature 0 is greedy, `top_k` 0 and `top_p` 1
-  are off. (T5X's `temperature_sample` defaults to `topk=1`, i.e. greedy at any
-  temperature, and spells "top-p off" as 0.) T5X allows only one of top-k and
-  top-p.
-  """
-  _require_t5x()
-  sampling = sampling_lib.make_sampling_config(temperature, top_k, top_p)
-  if sampling.top_k and sampling.top_p < 1.0:
-    raise ValueError('T5X\'s temperature_sample takes top-k or top-p, not both; got '
-                     f'top_k={top_k}, top_p={top_p}')
-  t5x_top_p = 0.0 if sampling.top_p == 1.0 else sampling.top_p
-  return functools.partial(t5x_decoding.temperature_sample, temperature=sampling.temperature,
-                           topk=sampling.top_k, topp=t5x_top_p)
 
 
 # ------------------------------------------------------------------------------
@@ -133,16 +72,24 @@ def t5x_sampling_decode_fn(temperature: float = 0.0, top_k: int = 0,
 class SpeculationConfig:
   """What `SpeculativeEncoderDecoderModel` decodes with (γ = 0 or no draft: plain T5X)."""
 
-  gamma: int = 0
+  gamma: int | str = 0  # or 'auto', with a cost_profile file (see `specdec_t5x.adaptive`)
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
   draft_partitioning: str = 'replicated'
+  max_gamma: int = adaptive.DEFAULT_MAX_GAMMA
+  cost_profile: str | None = None
 
   def __post_init__(self):
-    if isinstance(self.gamma, bool) or int(self.gamma) != self.gamma or self.gamma < 0:
-      raise ValueError(f'gamma must be an integer >= 0 (0 switches speculation off), got '
-                       f'{self.gamma!r}')
+    if self.gamma == adaptive.AUTO:
+      if not self.cost_profile:
+        raise ValueError("gamma='auto' under T5X needs cost_profile (COST_PROFILE in gin): a "
+                         'profile file saved by specdec_t5x.calibration (T5X traces the '
+                         'prediction step, where the loop cannot be timed)')
+    elif (isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float)
+          or int(self.gamma) != self.gamma or self.gamma < 0):
+      raise ValueError(f"gamma must be an integer >= 0 (0 switches speculation off) or 'auto', "
+                       f'got {self.gamma!r}')
     if self.draft_partitioning not in t5x_drafting.DRAFT_PARTITIONINGS:
       raise ValueError(f'draft_partitioning must be one of {t5x_drafting.DRAFT_PARTITIONINGS}, got '
                        f'{self.draft_partitioning!r}')
@@ -183,9 +130,10 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
                feature_converter_cls: Any = None, label_smoothing: float = 0.0,
                z_loss: float = 0.0, loss_normalizing_factor: Any = None,
                default_decoder_params: Any = None, *, draft_checkpoint: str | None = None,
-               draft_config: Any = None, drafter: Any = None, gamma: int = 0,
+               draft_config: Any = None, drafter: Any = None, gamma: int | str = 0,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               draft_params_dtype: Any = None, draft_partitioning: str = 'replicated'):
+               draft_params_dtype: Any = None, draft_partitioning: str = 'replicated',
+               max_gamma: int = adaptive.DEFAULT_MAX_GAMMA, cost_profile: str | None = None):
     """Args after T5X's `EncoderDecoderModel` ones (all gin-configurable):
 
     Args:
@@ -196,7 +144,10 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
         or a `drafters.DrafterSpec` (what the gin factories of
         `specdec_t5x.t5x_drafting` return), built through the registry for
         this target and γ.
-      gamma: draft tokens per iteration; 0 switches speculation off.
+      gamma: draft tokens per iteration; 0 switches speculation off; 'auto'
+        chooses γ ≤ max_gamma per iteration from `cost_profile`, a file of
+        `adaptive.CostProfile.save` measured for these models and shapes
+        (used as given: T5X casts and places the models its own way).
       temperature, top_k, top_p: sampling (temperature 0 is greedy), applied
         to target and draft alike.
       draft_params_dtype: dtype of a model draft's parameters on the devices;
@@ -214,16 +165,18 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     self._configure_speculation(
         draft_checkpoint=draft_checkpoint, draft_config=draft_config, drafter=drafter,
         gamma=gamma, temperature=temperature, top_k=top_k, top_p=top_p,
-        draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning)
+        draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning,
+        max_gamma=max_gamma, cost_profile=cost_profile)
 
   # -- configuration ------------------------------------------------------------
 
   def _configure_speculation(self, *, draft_checkpoint: str | None, draft_config: Any,
                              drafter: Any, gamma: int, temperature: float, top_k: int,
-                             top_p: float, draft_params_dtype: Any,
-                             draft_partitioning: str) -> None:
+                             top_p: float, draft_params_dtype: Any, draft_partitioning: str,
+                             max_gamma: int, cost_profile: str | None) -> None:
     self.speculation = SpeculationConfig(gamma=gamma, temperature=temperature, top_k=top_k,
-                                         top_p=top_p, draft_partitioning=draft_partitioning)
+                                         top_p=top_p, draft_partitioning=draft_partitioning,
+                                         max_gamma=max_gamma, cost_profile=cost_profile)
     if draft_checkpoint and drafter is not None:
       raise ValueError('give either draft_checkpoint (with draft_config) or drafter, not both')
     if draft_checkpoint and draft_config is None:
@@ -234,7 +187,7 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     self._placed_drafters: dict[Any, Any] = {}
     has_draft = bool(draft_checkpoint) or drafter is not None
     if self.speculation.gamma == 0 or not has_draft:
-      logger.info('Speculative decoding is off (gamma=%d, draft given: %s); predicting with '
+      logger.info('Speculative decoding is off (gamma=%s, draft given: %s); predicting with '
                   'T5X\'s decode_fn.', self.speculation.gamma, has_draft)
       return
 
@@ -242,15 +195,17 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     target_config = self.module.config
     if drafter is None:
       drafter = t5x_drafting.model_draft_spec(draft_checkpoint, draft_config, target_config)
-    drafter = t5x_drafting.build_draft(drafter, self.module, self.speculation.gamma,
-                                       params_dtype=draft_params_dtype)
+    spec = self.speculation
+    drafter = t5x_drafting.build_draft(
+        drafter, self.module, spec.max_gamma if spec.gamma == adaptive.AUTO else spec.gamma,
+        params_dtype=draft_params_dtype)
     drafters_lib.check_vocab_compatible(target_config.vocab_size, drafter.vocab_size)
     output_vocab_size = getattr(self.output_vocabulary, 'vocab_size', None)
     if output_vocab_size is not None and output_vocab_size > target_config.vocab_size:
       raise ValueError(f'the output vocabulary has {output_vocab_size} ids but the target model '
                        f'only {target_config.vocab_size}')
     self._drafter = drafter
-    logger.info('Speculative decoding on: gamma=%d, %s, draft %s (%.1f MB of arrays).',
+    logger.info('Speculative decoding on: gamma=%s, %s, draft %s (%.1f MB of arrays).',
                 self.speculation.gamma, self.speculation.sampling, type(drafter).__name__,
                 t5x_drafting.tree_nbytes(drafter) / 2**20)
 
@@ -280,6 +235,13 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
                                          self.speculation.draft_partitioning, rules)
     self._placed_drafters[key] = drafter
     return drafter
+
+  def _auto_arguments(self) -> dict[str, Any]:
+    spec = self.speculation
+    if spec.gamma != adaptive.AUTO:
+      return {}
+    profile = dataclasses.replace(adaptive.CostProfile.load(spec.cost_profile), key=None)
+    return {'max_gamma': spec.max_gamma, 'cost_profile': profile}
 
   # -- prediction ---------------------------------------------------------------
 
@@ -311,7 +273,7 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
     output = decoding.speculative_decode(
         self.module, params, self._drafter_for_step(params), expanded_inputs,
         gamma=spec.gamma, max_decode_len=max_decode_len, rng=rng, temperature=spec.temperature,
-        top_k=spec.top_k, top_p=spec.top_p, eos_id=eos_id)
+        top_k=spec.top_k, top_p=spec.top_p, eos_id=eos_id, **self._auto_arguments())
     scores = self._sequence_scores(params, expanded_inputs, output.tokens, output.lengths)
 
     per_decode = {
@@ -368,10 +330,11 @@ class SpeculativeEncoderDecoderModel(_EncoderDecoderModel):
 
 
 def speculative_model(model: Any, *, draft_checkpoint: str | None = None,
-                      draft_config: Any = None, drafter: Any = None, gamma: int = 0,
+                      draft_config: Any = None, drafter: Any = None, gamma: int | str = 0,
                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                      draft_params_dtype: Any = None,
-                      draft_partitioning: str = 'replicated') -> SpeculativeEncoderDecoderModel:
+                      draft_params_dtype: Any = None, draft_partitioning: str = 'replicated',
+                      max_gamma: int = adaptive.DEFAULT_MAX_GAMMA,
+                      cost_profile: str | None = None) -> SpeculativeEncoderDecoderModel:
   """`model` (a configured T5X `EncoderDecoderModel`) with speculative prediction.
 
   Every setting of `model` is kept (gin/speculative.gin wraps whatever MODEL
@@ -389,7 +352,8 @@ def speculative_model(model: Any, *, draft_checkpoint: str | None = None,
   wrapped._configure_speculation(
       draft_checkpoint=draft_checkpoint, draft_config=draft_config, drafter=drafter,
       gamma=gamma, temperature=temperature, top_k=top_k, top_p=top_p,
-      draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning)
+      draft_params_dtype=draft_params_dtype, draft_partitioning=draft_partitioning,
+      max_gamma=max_gamma, cost_profile=cost_profile)
   return wrapped
 
 

@@ -19,7 +19,7 @@ import pytest
 import scipy.stats
 from conftest import init_params
 
-from specdec_t5x import acceptance, decoding, drafters, network, sampling
+from specdec_t5x import acceptance, adaptive, decoding, drafters, network, sampling
 
 SIGNIFICANCE = 0.001
 NUM_SAMPLES = 40_000
@@ -95,12 +95,20 @@ def chi_square_pvalue(samples: list[tuple], law: dict[tuple, float]) -> float:
   return scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
 
 
-def speculative_samples(settings, seed=0):
+# gamma='auto' with costs that make it start at γ = 2 (prior α = 0.9), fall to γ = 0 once
+# the unrelated draft's α (~0.3) is measured, and probe at γ = 1 after one plain step: the
+# rows that need three iterations run γ = 2, 0, 1.
+AUTO = dict(gamma='auto', max_gamma=2, cost_profile=adaptive.CostProfile((1.0, 1.5, 1.8)),
+            auto_settings=dict(alpha_prior=0.9, probe_every=1, switch_margin=0.0))
+
+
+def speculative_samples(settings, seed=0, auto=False):
   module, target, draft = models()
   prompts = np.repeat(PROMPT, NUM_SAMPLES, 0)
+  gamma = AUTO if auto else dict(gamma=GAMMA)
   out = decoding.speculative_decode(module, target, drafters.ModelDrafter(module, draft), prompts,
-                                    gamma=GAMMA, max_decode_len=LENGTH, eos_id=EOS,
-                                    rng=jax.random.PRNGKey(seed), **settings)
+                                    max_decode_len=LENGTH, eos_id=EOS,
+                                    rng=jax.random.PRNGKey(seed), **gamma, **settings)
   return observed_sequences(out.tokens, out.lengths), out
 
 
@@ -110,6 +118,16 @@ def test_speculative_sampling_matches_target_law(settings):
   samples, out = speculative_samples(settings)
   # The draft is unrelated, so rejections (and the residual rule) are exercised.
   assert 0.05 < float(np.mean(out.beta_mean)) < 0.95
+  assert chi_square_pvalue(samples, exact_law(settings)) > SIGNIFICANCE
+
+
+@pytest.mark.parametrize('settings', [SETTINGS[0], SETTINGS[3]], ids=['temperature1', 'top_p'])
+def test_auto_gamma_sampling_matches_target_law(settings):
+  """γ chosen per iteration (2, then 0, then a probe at 1) keeps the target's law."""
+  samples, out = speculative_samples(settings, seed=2, auto=True)
+  counts = np.asarray(out.gamma_iterations)
+  assert np.all(counts[:, 2] == 1)                         # every row starts at γ = 2
+  assert np.any(np.all(counts == 1, axis=1))               # some ran γ = 2, 0, then 1
   assert chi_square_pvalue(samples, exact_law(settings)) > SIGNIFICANCE
 
 
@@ -135,13 +153,15 @@ def wrong_verify_draft(rng, target_probs, draft_probs, draft_tokens, greedy):
 decoding_verify = acceptance.verify_draft
 
 
-@pytest.mark.parametrize('settings', SETTINGS[:2], ids=['temperature1', 'temperature0.7'])
-def test_wrong_sampler_is_rejected(settings, monkeypatch):
+@pytest.mark.parametrize('settings,auto', [(SETTINGS[0], False), (SETTINGS[1], False),
+                                           (SETTINGS[0], True)],
+                         ids=['temperature1', 'temperature0.7', 'auto-temperature1'])
+def test_wrong_sampler_is_rejected(settings, auto, monkeypatch):
   """Negative control: the same test at the same level must catch a wrong residual."""
   monkeypatch.setattr(acceptance, 'verify_draft', wrong_verify_draft)
   jax.clear_caches()
   try:
-    samples, _ = speculative_samples(settings)
+    samples, _ = speculative_samples(settings, seed=2 if auto else 0, auto=auto)
   finally:
     monkeypatch.undo()
     jax.clear_caches()

@@ -30,10 +30,25 @@ def test_shipped_configs_load_and_plan():
     assert sweep.enumerate_cells(config)
   default = sweep.load_config(paths.repo_root() / 'configs' / 'sweep_default.json')
   grid = [c for c in sweep.enumerate_cells(default) if c.section == 'grid']
-  assert {c.gamma for c in grid} == set(range(1, 9)) and {c.temperature for c in grid} == {0, 1}
+  assert {c.gamma for c in grid} == set(range(1, 9)) | {'auto'}
+  assert {c.temperature for c in grid} == {0, 1}
   assert {c.batch for c in sweep.enumerate_cells(default, ('throughput',))} == {1, 4, 8, 16}
-  # A draft's `gammas` limits its cells (PaSS drafts at most L = 6 tokens).
+  # A draft's `gammas` limits its cells (PaSS drafts at most L = 6 tokens); `auto` lists its
+  # drafts: the six model drafts, after their fixed γs, up to γ = 8.
   assert {c.gamma for c in grid if c.draft == 'pass'} == set(range(1, 7))
+  auto = [c for c in grid if c.is_auto]
+  assert len(auto) == 6 * 2 * 2 and {c.max_gamma for c in auto} == {8}
+  assert auto[0].key == 'grid/ende/small/T0/gauto8/b1'
+  assert 'max_gamma' not in grid[0].fingerprint_fields()  # fixed cells keep their fingerprints
+
+
+def test_auto_section_settings_are_checked(tmp_path):
+  raw = json.loads((paths.repo_root() / 'configs' / 'sweep_miniature.json').read_text())
+  for bad in ({'max_gamma': 0}, {'max_gamma': 4, 'drafts': ['nope']}, [4], {'gamma': 4}):
+    raw['grid']['auto'] = bad
+    (tmp_path / 'c.json').write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match='grid.auto'):
+      sweep.load_config(tmp_path / 'c.json')
 
 
 def test_path_templates_expand(tmp_path):
@@ -48,4 +63,5 @@ def test_cell_keys_and_patterns():
   cells = sweep.enumerate_cells(config)
   assert cells[0].key == 'grid/ende/small/T0/g1/b1'
   only = sweep.filter_cells(cells, ['grid/ende/large/T1/*'])
-  assert [c.key for c in only] == ['grid/ende/large/T1/g1/b1', 'grid/ende/large/T1/g2/b1']
+  assert [c.key for c in only] == ['grid/ende/large/T1/g1/b1', 'grid/ende/large/T1/g2/b1',
+                                   'grid/ende/large/T1/gauto2/b1']

@@ -82,11 +82,18 @@ def test_records_hold_sane_figures(sweep_run):
   assert len(records) == len(sweep.enumerate_cells(config))
   for r in records:
     assert r['speedup'] > 0 and math.isfinite(r['speedup']), r['key']
-    assert 0.0 <= r['alpha_beta'] <= 1.0 and 0.0 <= r['alpha_acceptance'] <= 1.0
-    assert r['c'] > 0 and r['scoring_cost'] > 0 and r['target_step_ms'] > 0
-    assert 1.0 <= r['tokens_per_iteration'] <= r['gamma'] + 1
-    assert r['theory_measured'] == pytest.approx(
-        r['expected_tokens_per_iteration'] / (r['gamma'] * r['c'] + r['scoring_cost']))
+    assert 0.0 <= r['alpha_beta'] <= 1.0
+    if r['gamma'] == 'auto':
+      # Iterations at each γ sum to all iterations; the profile was measured in the cell.
+      assert sum(r['gamma_iterations']) == sum(r['per_batch']['iterations']) > 0
+      assert len(r['cost_profile']['iteration_cost']) == r['max_gamma'] + 1
+      assert 1.0 <= r['tokens_per_iteration'] <= r['max_gamma'] + 1
+    else:
+      assert 0.0 <= r['alpha_acceptance'] <= 1.0
+      assert r['c'] > 0 and r['scoring_cost'] > 0 and r['target_step_ms'] > 0
+      assert 1.0 <= r['tokens_per_iteration'] <= r['gamma'] + 1
+      assert r['theory_measured'] == pytest.approx(
+          r['expected_tokens_per_iteration'] / (r['gamma'] * r['c'] + r['scoring_cost']))
     assert len(r['per_batch']['speculative_s']) == r['num_inputs'] // r['batch']
     # α pools β over the verified positions behind it (SpeculativeOutput.beta_count).
     per_batch = r['per_batch']
@@ -152,8 +159,16 @@ def test_report_files_and_tables_are_well_formed(sweep_run):
   assert kinds[0][:3] == ['Task', 'Size (paper)', 'Draft'] and len(kinds) == 2 + 2  # 2 drafts
   assert goal[0][:2] == ['Task', 'Draft'] and len(goal) == 2 + 2  # 1 task × 2 temperatures
   assert all(row[-1] for row in goal[2:])  # each names what separates it from 2x
-  throughput = tables[3]
-  assert [row[4] for row in throughput[2:]] == ['1', '2']
+  auto, throughput = tables[3], tables[4]
+  assert auto[0][:5] == ['Section', 'Task', 'Draft', 'Temp', 'Batch']
+  # The large draft at T = 0 and 1 (grid), and at batch 1 and 2 (throughput).
+  assert [(row[0], row[3], row[4]) for row in auto[2:]] == [
+      ('grid', '0', '1'), ('grid', '1', '1'), ('throughput', '0', '1'), ('throughput', '0', '2')]
+  for row in auto[2:]:
+    assert row[5] in ('1', '2')  # the best fixed γ measured beside it
+    assert re.fullmatch(r'\d+\.\d\dx', row[7]) and len(row[-1].split()) == 3  # γ = 0, 1, 2
+  assert [(row[3], row[4]) for row in throughput[2:]] == [('2', '1'), ('auto', '1'), ('2', '2'),
+                                                          ('auto', '2')]
 
   table3 = _markdown_tables((results / 'table3.md').read_text())[0]
   assert table3[0][:4] == ['Task', 'Draft', 'Kind', 'α T=0']

@@ -26,7 +26,7 @@ import pytest
 from conftest import perturb
 from flax import traverse_util
 
-from specdec_t5x import checkpoints, drafters, network, t5x_drafting, t5x_model
+from specdec_t5x import adaptive, checkpoints, drafters, network, t5x_drafting, t5x_model
 from specdec_t5x.drafters import lookahead, ngram
 
 try:
@@ -220,6 +220,23 @@ def test_speculative_greedy_equals_t5x_greedy(tiny_t5x, gamma):
   assert set((iterations + accepted - lengths).tolist()) <= {0, 1}
   assert np.all((aux['speculative_beta_mean'] >= 0) & (aux['speculative_beta_mean'] <= 1))
   assert accepted.sum() > 0  # a close draft is accepted at least sometimes
+
+
+@requires_t5x
+def test_auto_gamma_greedy_equals_t5x_greedy(tiny_t5x, tmp_path):
+  """GAMMA='auto' with a COST_PROFILE file: T5X's greedy output, γ switching on the way."""
+  base, params, draft = tiny_t5x
+  profile = tmp_path / 'profile.json'
+  adaptive.CostProfile((1.0, 1.2, 1.3, 1.4), key='measured elsewhere').save(profile)
+  spec = t5x_model.speculative_model(base, drafter=draft, gamma='auto', max_gamma=3,
+                                     cost_profile=str(profile))
+  batch = encoder_batch(6, seed=3)
+  expected, _ = jax.jit(base.predict_batch_with_aux)(params, batch)
+  tokens, aux = jax.jit(spec.predict_batch_with_aux)(params, batch)
+  np.testing.assert_array_equal(tokens, expected)
+  assert np.asarray(aux['speculative_accepted']).sum() > 0
+  with pytest.raises(ValueError, match='needs cost_profile'):
+    t5x_model.speculative_model(base, drafter=draft, gamma='auto')
 
 
 @requires_t5x

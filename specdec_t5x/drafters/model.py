@@ -15,6 +15,11 @@ from specdec_t5x.drafters import base
 
 Array = jax.Array
 
+# Inputs fed per draft call when the cache lags behind the sequence (after plain
+# target steps of gamma='auto'); a call of a few positions costs a small draft
+# little more than one of a single position.
+CATCH_UP_POSITIONS = 8
+
 
 @struct.dataclass
 class ModelDraftState:
@@ -31,6 +36,10 @@ class ModelDrafter:
   Each proposal starts by feeding the last TWO known inputs: after a fully
   accepted block the draft has never seen its own last draft token, and
   re-feeding one position (an overwrite) is cheaper than a branch.
+
+  After plain target steps (γ = 0 of `gamma='auto'`) the cache lags behind:
+  `accept` then keeps its position, and the next proposal first feeds the
+  missing inputs, `CATCH_UP_POSITIONS` per call (`_catch_up`).
   """
 
   module: nn.Module = struct.field(pytree_node=False)
@@ -51,9 +60,32 @@ class ModelDrafter:
                                           state.encoder_input_tokens, tokens)
     return logits, state.replace(cache=cache)
 
+  def _catch_up(self, state: ModelDraftState, sequences: Array,
+                lengths: Array) -> ModelDraftState:
+    """Feeds the inputs the cache lacks before `lengths - 1`, a block of positions per call.
+
+    Every row's block ends at or before its last known input (`lengths`), so
+    no write leaves the cache; a row already up to date re-feeds inputs it
+    holds (an overwrite with the same values) and keeps its position.
+    """
+    width = min(CATCH_UP_POSITIONS, cache_lib.cache_length(state.cache), sequences.shape[1])
+    synced = jnp.maximum(lengths - 1, 0)
+
+    def feed(state: ModelDraftState) -> ModelDraftState:
+      position = cache_lib.decode_position(state.cache)
+      start = jnp.maximum(jnp.minimum(position, lengths + 1 - width), 0)
+      columns = jnp.minimum(start[:, None] + jnp.arange(width)[None, :], sequences.shape[1] - 1)
+      state = state.replace(cache=cache_lib.rewind(state.cache, start))
+      _, state = self._step(state, jnp.take_along_axis(sequences, columns, axis=1))
+      return state.replace(cache=cache_lib.rewind(state.cache, jnp.minimum(start + width, synced)))
+
+    behind = lambda state: jnp.any(cache_lib.decode_position(state.cache) < synced)
+    return jax.lax.while_loop(behind, feed, state)
+
   def propose(self, state: ModelDraftState, sequences: Array, lengths: Array, gamma: int,
               sampling: sampling_lib.SamplingConfig, vocab_size: int,
               rng: Array) -> tuple[Array, Array, ModelDraftState]:
+    state = self._catch_up(state, sequences, lengths)
     start = jnp.maximum(lengths - 1, 0)
     pair = jnp.stack([base.last_inputs(sequences, start), base.last_inputs(sequences, start + 1)],
                      axis=1)
@@ -78,4 +110,7 @@ class ModelDrafter:
 
   def accept(self, state: ModelDraftState, sequences: Array, lengths: Array) -> ModelDraftState:
     del sequences  # the next proposal re-feeds what it needs from them
-    return state.replace(cache=cache_lib.rewind(state.cache, jnp.maximum(lengths - 1, 0)))
+    # After a proposal the position is past lengths - 1; after a plain target step it is
+    # behind, and stays there until the next proposal catches up.
+    position = jnp.minimum(cache_lib.decode_position(state.cache), jnp.maximum(lengths - 1, 0))
+    return state.replace(cache=cache_lib.rewind(state.cache, position))

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specdec_t5x import checkpoints, sampling
+from specdec_t5x import adaptive, checkpoints, sampling
 from specdec_t5x.sweep.config import SweepConfig, TaskSpec, expand_path
 
 STORE_SCHEMA = 1
@@ -28,14 +28,25 @@ class Cell:
   task: str
   draft: str
   temperature: float
-  gamma: int
+  gamma: int | str  # or 'auto' (`adaptive.AUTO`), up to `max_gamma`
   batch: int
   num_inputs: int
+  max_gamma: int | None = None
+
+  @property
+  def is_auto(self) -> bool:
+    return self.gamma == adaptive.AUTO
 
   @property
   def key(self) -> str:
-    return (f'{self.section}/{self.task}/{self.draft}/T{self.temperature:g}/g{self.gamma}'
-            f'/b{self.batch}')
+    gamma = f'auto{self.max_gamma}' if self.is_auto else self.gamma
+    return f'{self.section}/{self.task}/{self.draft}/T{self.temperature:g}/g{gamma}/b{self.batch}'
+
+  def fingerprint_fields(self) -> dict[str, Any]:
+    fields = dataclasses.asdict(self)
+    if fields['max_gamma'] is None:  # fixed-γ cells keep the fingerprints they had
+      del fields['max_gamma']
+    return fields
 
   @property
   def num_batches(self) -> int:
@@ -46,7 +57,8 @@ def enumerate_cells(config: SweepConfig,
                     sections: Sequence[str] = ('grid', 'throughput')) -> list[Cell]:
   """The grid's and throughput section's cells, in run order (batch 1 and γ ascending first).
 
-  A draft with `gammas` gets cells only for those γ.
+  A draft with `gammas` gets cells only for those γ. A section with `auto`
+  adds one cell at gamma='auto' after the fixed γs of each of its auto drafts.
   """
   cells = []
   for section in sections:
@@ -63,6 +75,9 @@ def enumerate_cells(config: SweepConfig,
                 continue
               cells.append(Cell(section, task, draft, temperature, gamma, batch,
                                 spec.num_inputs))
+            if draft in spec.auto_drafts:
+              cells.append(Cell(section, task, draft, temperature, adaptive.AUTO, batch,
+                                spec.num_inputs, max_gamma=spec.auto_max_gamma))
   return cells
 
 
@@ -111,7 +126,7 @@ def cell_fingerprint(config: SweepConfig, cell: Cell) -> str:
   """A hash of everything that decides a cell's numbers: its settings, task, models, timing."""
   draft = config.drafts[cell.draft]
   return _fingerprint({
-      'schema': STORE_SCHEMA, 'cell': dataclasses.asdict(cell),
+      'schema': STORE_SCHEMA, 'cell': cell.fingerprint_fields(),
       'task': _task_fingerprint(config.tasks[cell.task]),
       'target': _model_fingerprint(config, config.target, cell.task),
       'draft': {**dataclasses.asdict(draft), 'label': None, 'paper_name': None, 'gammas': None,

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from specdec_t5x import network, paths
@@ -97,6 +97,10 @@ class SectionSpec:
   gammas: tuple[int, ...]
   batch_sizes: tuple[int, ...]
   num_inputs: int
+  # `"auto": {"max_gamma": G, "drafts": [...]}`: one more cell per (task, draft,
+  # temperature, batch) at gamma='auto' up to G, for those drafts (default: all).
+  auto_max_gamma: int | None = None
+  auto_drafts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,10 +241,25 @@ def _parse_draft(name: str, raw: Mapping[str, Any], models: Mapping[str, ModelSp
                            else None))
 
 
+def _parse_auto(where: str, raw: Any, section_drafts: Sequence[str]) -> dict[str, Any]:
+  if raw is None:
+    return {}
+  if not isinstance(raw, dict):
+    raise ValueError(f'{where} must be an object {{"max_gamma": ..., "drafts": [...]}}, got '
+                     f'{raw!r}')
+  _check_keys(where, raw, ['max_gamma'], ['drafts'])
+  drafts_ = raw.get('drafts', list(section_drafts))
+  unknown = [d for d in drafts_ if d not in section_drafts]
+  if not isinstance(drafts_, list) or unknown:
+    raise ValueError(f'{where}.drafts must list drafts of the section, got {drafts_!r}')
+  return {'auto_max_gamma': _positive_int(f'{where}.max_gamma', raw['max_gamma']),
+          'auto_drafts': tuple(drafts_)}
+
+
 def _parse_section(where: str, raw: Mapping[str, Any], tasks: Mapping[str, TaskSpec],
                    drafts_: Mapping[str, DraftSpec]) -> SectionSpec:
   _check_keys(where, raw, ['tasks', 'drafts', 'temperatures', 'gammas', 'batch_sizes',
-                           'num_inputs'], [])
+                           'num_inputs'], ['auto'])
   temperatures = raw['temperatures']
   if (not isinstance(temperatures, list) or not temperatures
       or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0
@@ -253,7 +272,8 @@ def _parse_section(where: str, raw: Mapping[str, Any], tasks: Mapping[str, TaskS
       temperatures=tuple(float(t) for t in temperatures),
       gammas=_int_list(f'{where}.gammas', raw['gammas']),
       batch_sizes=_int_list(f'{where}.batch_sizes', raw['batch_sizes']),
-      num_inputs=_positive_int(f'{where}.num_inputs', raw['num_inputs']))
+      num_inputs=_positive_int(f'{where}.num_inputs', raw['num_inputs']),
+      **_parse_auto(f'{where}.auto', raw.get('auto'), raw['drafts']))
   for batch in section.batch_sizes:
     if section.num_inputs % batch:
       raise ValueError(f'{where}.num_inputs ({section.num_inputs}) must be a multiple of every '
@@ -361,7 +381,7 @@ def expand_path(template: str, config_dir: str | os.PathLike, task: str | None =
 def max_gamma(config: SweepConfig) -> int:
   """The largest γ of any section (sizes the caches the step costs are timed on)."""
   gammas = [g for spec in (config.grid, config.throughput) if spec is not None
-            for g in spec.gammas]
+            for g in spec.gammas + ((spec.auto_max_gamma,) if spec.auto_max_gamma else ())]
   if config.peer_hf is not None:
     gammas.append(config.peer_hf.fallback_gamma)
   return max(gammas, default=1)

@@ -15,9 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from specdec_t5x import decoding, theory
+from specdec_t5x import adaptive, calibration, decoding, theory
 from specdec_t5x import sampling as sampling_lib
 from specdec_t5x.bench import timing
 from specdec_t5x.drafters import registry
@@ -30,6 +31,9 @@ ROW_NAMES = ('autoregressive_s', 'speculative_s', 'autoregressive_tokens', 'spec
              'iterations', 'draft_iterations', 'accepted', 'beta_sum', 'beta_weight',
              'beta_count', 'mismatched_rows')
 
+# An auto cell's iterations at each γ per batch (`SpeculativeOutput.gamma_iterations`).
+AUTO_ROW_NAMES = ('gamma_iterations',)
+
 Run = Callable[[int], tuple[float, Any]]  # batch index -> (seconds, decoder output)
 
 
@@ -38,11 +42,13 @@ def _decode_rng(seed: int, index: int) -> jax.Array:
 
 
 def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
-                  batches: np.ndarray) -> tuple[Run, Run]:
+                  batches: np.ndarray,
+                  profile: adaptive.CostProfile | None = None) -> tuple[Run, Run]:
   """Timed calls of both decoders on batch `index` of `batches [num_batches, B, L]`."""
   config = context.config
   common = dict(max_decode_len=config.tasks[cell.task].max_decode_len, eos_id=EOS_ID,
                 temperature=cell.temperature, top_k=config.top_k, top_p=config.top_p)
+  auto = dict(max_gamma=cell.max_gamma, cost_profile=profile) if cell.is_auto else {}
 
   def autoregressive(index: int) -> tuple[float, Any]:
     return timing.timed(lambda: decoding.autoregressive_decode(
@@ -52,7 +58,7 @@ def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafte
   def speculative(index: int) -> tuple[float, Any]:
     return timing.timed(lambda: decoding.speculative_decode(
         target.module, target.params, drafter, batches[index], gamma=cell.gamma,
-        rng=_decode_rng(config.seed, index), **common))
+        rng=_decode_rng(config.seed, index), **auto, **common))
 
   return autoregressive, speculative
 
@@ -84,11 +90,13 @@ def add_batch(rows: dict[str, list], ar_s: float, ar: decoding.DecodeOutput, spe
   if greedy:
     same = np.all(np.asarray(ar.tokens) == np.asarray(spec.tokens), axis=1)
     rows['mismatched_rows'].append(int((~same).sum()))
+  if 'gamma_iterations' in rows:
+    rows['gamma_iterations'].append(np.asarray(spec.gamma_iterations).sum(axis=0).tolist())
 
 
 def _interleaved(cell: Cell, autoregressive: Run, speculative: Run) -> dict[str, list]:
   """Both decoders on every batch; which goes first alternates, so drifting load hits both."""
-  rows: dict[str, list] = {name: [] for name in ROW_NAMES}
+  rows: dict[str, list] = {name: [] for name in ROW_NAMES + AUTO_ROW_NAMES * cell.is_auto}
   for index in range(cell.num_batches):
     if index % 2 == 0:
       ar_s, ar = autoregressive(index)
@@ -100,28 +108,25 @@ def _interleaved(cell: Cell, autoregressive: Run, speculative: Run) -> dict[str,
   return rows
 
 
-def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
-  """Runs one cell: speculative vs autoregressive on the same inputs, α, c, scoring, theory.
+def _cell_profile(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
+                  batch: np.ndarray) -> tuple[adaptive.CostProfile, float]:
+  """An auto cell's cost profile, measured here on its first batch, and the seconds it took."""
+  config = context.config
+  started = time.perf_counter()
+  profile = calibration.measure_profile(
+      target.module, target.params, drafter, jnp.asarray(batch), max_gamma=cell.max_gamma,
+      max_decode_len=config.tasks[cell.task].max_decode_len,
+      sampling=sampling_lib.make_sampling_config(cell.temperature, config.top_k, config.top_p),
+      seed=config.seed)
+  return profile, time.perf_counter() - started
 
-  Returns the record (JSON-able) that `CellStore` keeps; see `specdec_t5x.sweep`.
-  """
+
+def _step_costs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
+                batch: np.ndarray, first: Any) -> dict[str, Any]:
   config = context.config
   task = config.tasks[cell.task]
-  target = context.target(cell.task)
-  drafter = registry.for_gamma(context.drafter(cell.draft, cell.task), cell.gamma)
-  inputs = context.inputs(cell.task, cell.num_inputs)
-  batches = inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])
-  started = time.perf_counter()
-  autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches)
-  # The first call compiles (or loads from the persistent cache); then warm up.
-  first_autoregressive_s, first = autoregressive(0)
-  first_speculative_s, _ = speculative(0)
-  for _ in range(config.timing.warmup_runs):
-    autoregressive(0)
-    speculative(0)
-  rows = _interleaved(cell, autoregressive, speculative)
-  step_costs = timing.step_costs(
-      target.module, target.params, drafter, batches[0], np.asarray(first.tokens),
+  return timing.step_costs(
+      target.module, target.params, drafter, batch, np.asarray(first.tokens),
       gamma=cell.gamma,
       sampling=sampling_lib.make_sampling_config(cell.temperature, config.top_k, config.top_p),
       max_decode_len=task.max_decode_len,
@@ -129,6 +134,36 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
       cache_length=task.max_decode_len + 2 * max_gamma(config) + 1,
       rounds=config.timing.step_rounds, sample_ms=config.timing.step_sample_ms,
       prefix=config.timing.step_prefix, seed=config.seed)
+
+
+def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
+  """Runs one cell: speculative vs autoregressive on the same inputs, α, c, scoring, theory.
+
+  An auto cell first measures its cost profile on its first batch (after
+  compiling, before any timed decode) and has no step costs or theory.
+
+  Returns the record (JSON-able) that `CellStore` keeps; see `specdec_t5x.sweep`.
+  """
+  config = context.config
+  task = config.tasks[cell.task]
+  target = context.target(cell.task)
+  drafter = registry.for_gamma(context.drafter(cell.draft, cell.task),
+                               cell.max_gamma if cell.is_auto else cell.gamma)
+  inputs = context.inputs(cell.task, cell.num_inputs)
+  batches = inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])
+  started = time.perf_counter()
+  profile, calibration_s = (_cell_profile(cell, context, target, drafter, batches[0])
+                            if cell.is_auto else (None, None))
+  autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches, profile)
+  # The first call compiles (or loads from the persistent cache); then warm up.
+  first_autoregressive_s, first = autoregressive(0)
+  first_speculative_s, _ = speculative(0)
+  for _ in range(config.timing.warmup_runs):
+    autoregressive(0)
+    speculative(0)
+  rows = _interleaved(cell, autoregressive, speculative)
+  step_costs = ({} if cell.is_auto
+                else _step_costs(cell, context, target, drafter, batches[0], first))
   record = summarize_cell(cell, rows, step_costs)
   record.update(
       first_call_s={'autoregressive': first_autoregressive_s, 'speculative': first_speculative_s},
@@ -136,6 +171,8 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
       draft_params=context.draft_params(cell.draft, cell.task),
       input_length=int(inputs.shape[1]), max_decode_len=task.max_decode_len,
       wall_s=time.perf_counter() - started)
+  if cell.is_auto:
+    record.update(cost_profile=profile.to_json(), calibration_s=calibration_s)
   return record
 
 
@@ -161,18 +198,25 @@ def acceptance_alpha(rows: Mapping[str, Sequence[Any]], gamma: int) -> float:
   return float(theory.alpha_from_acceptance(sum(rows['accepted']), max(iterations, 1), gamma))
 
 
+def _gamma_summary(rows: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+  """An auto cell's iterations at each γ (summed over rows and batches) and their mean γ."""
+  counts = np.sum(np.asarray(rows['gamma_iterations']), axis=0)
+  return {'gamma_iterations': counts.tolist(),
+          'mean_gamma': float(np.dot(np.arange(counts.size), counts) / max(counts.sum(), 1))}
+
+
 def summarize_cell(cell: Cell, rows: Mapping[str, Sequence[Any]],
                    step_costs: Mapping[str, Any]) -> dict[str, Any]:
-  """A cell's record from its per-batch figures and step costs (speedup, α, theory)."""
+  """A cell's record from its per-batch figures and step costs (speedup, α, theory).
+
+  An auto cell (no fixed γ) has no theory, c or scoring cost; it records how
+  many iterations ran at each γ instead.
+  """
   ar_rate = np.asarray(rows['autoregressive_tokens']) / np.asarray(rows['autoregressive_s'])
   spec_rate = np.asarray(rows['speculative_tokens']) / np.asarray(rows['speculative_s'])
   speedup = timing.quantiles(spec_rate / ar_rate)
   alpha_beta = pooled_alpha(rows)
-  c, scoring_cost = step_costs['c'], step_costs['scoring_cost']
-  theory_paper = float(theory.walltime_improvement(alpha_beta, cell.gamma, c))
-  theory_measured = float(theory.walltime_improvement_measured(alpha_beta, cell.gamma, c,
-                                                               scoring_cost))
-  return {
+  record = {
       'key': cell.key, **dataclasses.asdict(cell),
       'per_batch': {name: list(values) for name, values in rows.items()},
       'speedup': speedup['median'], 'speedup_q25': speedup['q25'],
@@ -181,14 +225,22 @@ def summarize_cell(cell: Cell, rows: Mapping[str, Sequence[Any]],
                                            / sum(rows['autoregressive_s'])),
       'speculative_tokens_per_s': float(sum(rows['speculative_tokens'])
                                         / sum(rows['speculative_s'])),
-      'alpha_beta': float(alpha_beta), 'alpha_acceptance': acceptance_alpha(rows, cell.gamma),
+      'alpha_beta': float(alpha_beta),
       'tokens_per_iteration': sum(rows['speculative_tokens']) / max(sum(rows['iterations']), 1),
+      'greedy_mismatched_rows': (sum(rows['mismatched_rows']) if rows['mismatched_rows']
+                                 else None),
+  }
+  if cell.is_auto:
+    return {**record, **_gamma_summary(rows)}
+  theory_paper = float(theory.walltime_improvement(alpha_beta, cell.gamma, step_costs['c']))
+  theory_measured = float(theory.walltime_improvement_measured(
+      alpha_beta, cell.gamma, step_costs['c'], step_costs['scoring_cost']))
+  return {
+      **record, 'alpha_acceptance': acceptance_alpha(rows, cell.gamma),
       'expected_tokens_per_iteration': float(theory.expected_tokens_per_iteration(
           alpha_beta, cell.gamma)),
       **step_costs,
       'theory_paper': theory_paper, 'theory_measured': theory_measured,
       'measured_over_theory_paper': speedup['median'] / theory_paper,
       'measured_over_theory_measured': speedup['median'] / theory_measured,
-      'greedy_mismatched_rows': (sum(rows['mismatched_rows']) if rows['mismatched_rows']
-                                 else None),
   }

@@ -124,7 +124,7 @@ def plot_throughput(config: SweepConfig, records: Sequence[Mapping[str, Any]],
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   for axis, task in zip(axes.flat, tasks, strict=True):
     series = sorted({(r['draft'], r['temperature'], r['gamma']) for r in cells
-                     if r['task'] == task})
+                     if r['task'] == task}, key=str)  # γ may be 'auto'
     for index, (draft, temperature, gamma) in enumerate(series):
       line = sorted((r for r in cells if (r['task'], r['draft'], r['temperature'], r['gamma'])
                      == (task, draft, temperature, gamma)), key=lambda r: r['batch'])

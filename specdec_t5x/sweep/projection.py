@@ -27,7 +27,7 @@ def scoring_curve(records: Sequence[Mapping[str, Any]]) -> list[float] | None:
   """Median measured scoring cost by K = 1..γmax+1 over the batch-1 grid (element 0 is K=1)."""
   by_gamma: dict[int, list[float]] = {}
   for r in records:
-    if r['section'] == 'grid' and r['batch'] == 1:
+    if r['section'] == 'grid' and r['batch'] == 1 and isinstance(r['gamma'], int):  # not 'auto'
       by_gamma.setdefault(r['gamma'], []).append(r['scoring_cost'])
   if not by_gamma or sorted(by_gamma) != list(range(1, max(by_gamma) + 1)):
     return None

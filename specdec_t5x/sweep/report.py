@@ -18,7 +18,7 @@ import numpy as np
 from specdec_t5x import paper, paths, theory
 from specdec_t5x.bench import report as bench_report
 from specdec_t5x.bench.report import markdown_table
-from specdec_t5x.sweep import gap, plots
+from specdec_t5x.sweep import auto_report, gap, plots
 from specdec_t5x.sweep.config import SweepConfig
 from specdec_t5x.sweep.markdown import fmt
 from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
@@ -249,8 +249,8 @@ def throughput_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]
     rows.append([config.tasks[r['task']].label, _draft_label(config, r), f"{r['temperature']:g}",
                  str(r['gamma']), str(r['batch']), fmt(r['autoregressive_tokens_per_s'], 1),
                  fmt(r['speculative_tokens_per_s'], 1), fmt(r['speedup'], 2, 'x'),
-                 fmt(r['alpha_beta']), fmt(r['scoring_cost']), fmt(r['theory_measured'], 2,
-                                                                       'x')])
+                 fmt(r['alpha_beta']), fmt(r.get('scoring_cost')),
+                 fmt(r.get('theory_measured'), 2, 'x')])
   if not rows:
     return ''
   head = ['Task', 'Draft', 'Temp', 'γ', 'Batch', 'AR tokens/s', 'Spec. tokens/s', 'Speed',
@@ -318,7 +318,7 @@ def _summary(config: SweepConfig, store: CellStore, records: list[dict[str, Any]
              skipped: Mapping[str, str] | None) -> dict[str, Any]:
   """results/sweep.json: the config, every current record, the best cells, the projection."""
   all_records, damaged = store.read()
-  grid = [r for r in records if r['section'] == 'grid']
+  grid, _ = auto_report.split([r for r in records if r['section'] == 'grid'])
   return {
       'config_name': config.name, 'config': config.raw,
       # Results files name no directory of this machine: the store as `{cache}/...`.
@@ -326,6 +326,7 @@ def _summary(config: SweepConfig, store: CellStore, records: list[dict[str, Any]
       'commands': sorted({r.get('command', '') for r in records + peers}),
       'cells': records, 'best': best_cells(config, grid) if grid else [],
       'throughput': [r for r in records if r['section'] == 'throughput'],
+      'auto': auto_report.comparisons(records),
       'peer_hf': peers, 'projection_tpu': projection,
       'skipped': dict(skipped or {}),
       'store_records_not_current': len(all_records) - len(records) - len(peers),
@@ -354,11 +355,13 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
     (output_dir / name).write_text(text)
     written.append(output_dir / name)
 
-  grid = [r for r in records if r['section'] == 'grid']
+  # Everything but the auto section and the throughput table reads the fixed-γ cells.
+  grid, _ = auto_report.split([r for r in records if r['section'] == 'grid'])
   if grid:
     write('table2.md', '\n'.join([table2_markdown(config, grid),
                                    draft_kinds_markdown(config, grid) + '\n',
                                    goal_gap_markdown(config, grid) + '\n',
+                                   auto_report.auto_markdown(config, records),
                                    throughput_markdown(config, records)]))
     write('table3.md', table3_markdown(config, grid, skipped))
     plots.plot_speedup_vs_gamma(config, grid, output_dir / 'speedup_vs_gamma.png')

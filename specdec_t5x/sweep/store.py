@@ -98,7 +98,7 @@ def best_gamma(records: Iterable[Mapping[str, Any]], task: str, draft: str,
   """The γ of the fastest grid cell for (task, draft, temperature, batch), if any ran."""
   matching = [r for r in records if r['section'] == 'grid' and r['task'] == task
               and r['draft'] == draft and r['temperature'] == temperature
-              and r['batch'] == batch]
+              and r['batch'] == batch and isinstance(r['gamma'], int)]  # not 'auto'
   return max(matching, key=lambda r: r['speedup'])['gamma'] if matching else None
 
 

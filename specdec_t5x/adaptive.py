@@ -1,0 +1,260 @@
+"""`gamma='auto'`: γ chosen every iteration, inside the jitted loop, from measured α and costs.
+
+Speculation pays only when the draft agrees often enough for what a draft
+token and a wider verification call cost, and both change with the request,
+the batch size and the hardware. With `gamma='auto'` the loop picks, before
+each iteration, the γ in {0, ..., max_gamma} that maximises the expected
+tokens per unit of time,
+
+    speed(γ) = E[tokens | α, γ] / cost(γ),   E = 1 + α + ... + α^γ,
+
+where γ = 0 is one plain target step (speed 1, the autoregressive loop), α is
+a running estimate of the acceptance rate over the verified positions of the
+request so far (all rows pooled: one γ serves the whole batch), and `cost(γ)`
+is one loop iteration at γ over one at γ = 0, from a cost profile
+(`specdec_t5x.calibration`: measured on the loop itself, or built from c and
+the scoring-cost curve with `CostProfile.from_theory`).
+
+The estimate starts from a prior (`alpha_prior`, worth `prior_weight`
+verified positions) and forgets old positions at rate `1 / memory`. While γ
+is 0 nothing is verified, so the estimate cannot move: after `probe_every`
+iterations at γ = 0 the loop spends one iteration at γ = 1 to look again,
+and each probe that does not change its mind doubles the wait.
+The current γ is kept unless another is expected to be `switch_margin`
+faster.
+
+Outputs stay exact whatever γ is chosen: speculative sampling returns the
+target's distribution for any γ, and here γ depends only on the past.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+# The value of `gamma` that asks for the automatic choice.
+AUTO = 'auto'
+DEFAULT_MAX_GAMMA = 8
+PROFILE_FORMAT = 'specdec_t5x.gamma_profile.v1'
+# Probes at γ = 0 come at most this many times `probe_every` plain steps apart.
+MAX_PROBE_BACKOFF = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class CostProfile:
+  """What one loop iteration costs at each γ, relative to one at γ = 0.
+
+  Attributes:
+    iteration_cost: `[max_gamma + 1]`; element γ is an iteration that drafts
+      γ tokens and scores γ+1 positions, over a plain target step (element 0
+      is 1). It folds in γ·c, the scoring cost of γ+1 positions and the
+      loop's own work.
+    key: what the profile was measured for (`calibration.profile_key`), or
+      None for a profile given by hand; checked against the call it is used in.
+    details: free-form facts about the measurement (date, machine, rounds).
+  """
+
+  iteration_cost: tuple[float, ...]
+  key: str | None = None
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    costs = tuple(float(x) for x in self.iteration_cost)
+    if len(costs) < 2:
+      raise ValueError('a cost profile needs iteration costs for γ = 0 and at least γ = 1, got '
+                       f'{len(costs)} value(s)')
+    if not all(math.isfinite(x) and x > 0 for x in costs):
+      raise ValueError(f'iteration costs must be finite and > 0, got {costs}')
+    object.__setattr__(self, 'iteration_cost', costs)
+
+  @property
+  def max_gamma(self) -> int:
+    return len(self.iteration_cost) - 1
+
+  @classmethod
+  def from_theory(cls, c: float, scoring_cost: Sequence[float]) -> CostProfile:
+    """The paper's cost model: cost(γ) = γ·c + scoring_cost[γ] (element 0 is K = 1, so 1).
+
+    Args:
+      c: one draft token over one target step.
+      scoring_cost: one target call on K = 1, 2, ... positions over one on
+        a single position (`results/scoring_cost.json`'s `ratio_median`).
+    """
+    if not math.isfinite(c) or c < 0:
+      raise ValueError(f'c must be finite and >= 0, got {c!r}')
+    scoring = [float(s) / float(scoring_cost[0]) for s in scoring_cost]
+    return cls(tuple(g * c + s for g, s in enumerate(scoring)),
+               details={'from_theory': {'c': c, 'scoring_cost': list(scoring_cost)}})
+
+  def check_fits(self, max_gamma: int, key: str) -> None:
+    """Raises a ValueError unless the profile covers γ ≤ `max_gamma` of the models in `key`."""
+    if self.max_gamma < max_gamma:
+      raise ValueError(f'the cost profile covers γ ≤ {self.max_gamma} but max_gamma is '
+                       f'{max_gamma}: measure or give iteration costs for γ = 0..{max_gamma}')
+    if self.key is not None and self.key != key:
+      raise ValueError(
+          f'the cost profile was measured for other models or shapes ({self.key}) than this '
+          f'call ({key}); calibrate again (specdec_t5x.calibration.calibrate) or give a '
+          'profile without a key')
+
+  def to_json(self) -> dict[str, Any]:
+    return {'format': PROFILE_FORMAT, 'iteration_cost': list(self.iteration_cost),
+            'key': self.key, 'details': self.details}
+
+  def save(self, path: str | os.PathLike) -> None:
+    pathlib.Path(path).write_text(json.dumps(self.to_json(), indent=1) + '\n')
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> CostProfile:
+    """Reads a profile written by `save`; a clear error for anything else."""
+    path = pathlib.Path(path)
+    try:
+      record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+      raise ValueError(f'cannot read the cost profile {path}: {err}') from err
+    if not isinstance(record, dict) or record.get('format') != PROFILE_FORMAT:
+      raise ValueError(f'{path} is not a cost profile of specdec_t5x (format {PROFILE_FORMAT})')
+    return cls(tuple(record['iteration_cost']), key=record.get('key'),
+               details=record.get('details') or {})
+
+
+@struct.dataclass
+class AutoGamma:
+  """The policy's settings, traced (a new profile or prior needs no recompilation).
+
+  `forced_gamma >= 0` pins γ (calibration measures each γ this way) and
+  `run_past_done` keeps iterating after every row has finished, up to
+  `max_iterations`, so that a measurement has a fixed number of iterations.
+  """
+
+  iteration_cost: Array  # [max_gamma + 1] float32
+  alpha_prior: Array     # [] float32
+  prior_weight: Array    # [] float32, in verified positions
+  memory: Array          # [] float32, in verified positions
+  probe_every: Array     # [] int32; 0 never probes
+  switch_margin: Array   # [] float32: keep the current γ unless another is this much faster
+  forced_gamma: Array    # [] int32; -1 chooses
+  max_iterations: Array  # [] int32
+  run_past_done: Array   # [] bool
+
+  @property
+  def max_gamma(self) -> int:
+    return self.iteration_cost.shape[0] - 1
+
+
+def make_policy(profile: CostProfile, max_gamma: int, *, alpha_prior: float = 0.5,
+                prior_weight: float = 4.0, memory: float = 32.0, probe_every: int = 8,
+                switch_margin: float = 0.03, forced_gamma: int = -1, max_iterations: int = 2**30,
+                run_past_done: bool = False) -> AutoGamma:
+  """An `AutoGamma` over γ ∈ {0..max_gamma}, checked; see the module docstring for the knobs."""
+  if not 0.0 <= alpha_prior < 1.0:
+    raise ValueError(f'alpha_prior must be in [0, 1), got {alpha_prior!r}')
+  if prior_weight <= 0 or memory <= 0:
+    raise ValueError(f'prior_weight and memory must be > 0, got {prior_weight!r}, {memory!r}')
+  if not 0.0 <= switch_margin < 1.0:
+    raise ValueError(f'switch_margin must be in [0, 1), got {switch_margin!r}')
+  if int(probe_every) != probe_every or probe_every < 0:
+    raise ValueError(f'probe_every must be an integer >= 0, got {probe_every!r}')
+  if not -1 <= forced_gamma <= max_gamma:
+    raise ValueError(f'forced_gamma must be -1 (choose) or in [0, {max_gamma}], got '
+                     f'{forced_gamma!r}')
+  costs = jnp.asarray(profile.iteration_cost[:max_gamma + 1], jnp.float32)
+  return AutoGamma(
+      iteration_cost=costs / costs[0], alpha_prior=jnp.float32(alpha_prior),
+      prior_weight=jnp.float32(prior_weight), memory=jnp.float32(memory),
+      probe_every=jnp.int32(probe_every), switch_margin=jnp.float32(switch_margin),
+      forced_gamma=jnp.int32(forced_gamma),
+      max_iterations=jnp.int32(max_iterations), run_past_done=jnp.bool_(run_past_done))
+
+
+@struct.dataclass
+class PolicyState:
+  """The running estimate of α and the loop's position, carried by the loop."""
+
+  beta_sum: Array    # [] float32: decayed Σβ, prior included
+  beta_weight: Array  # [] float32: decayed count of verified positions, prior included
+  zero_run: Array    # [] int32: consecutive iterations at γ = 0
+  probe_interval: Array  # [] int32: plain steps before the next probe
+  steps: Array       # [] int32: iterations so far
+  gamma: Array       # [] int32: the γ of the next iteration (`choose_gamma`)
+
+
+def init_state(policy: AutoGamma) -> PolicyState:
+  state = PolicyState(beta_sum=policy.alpha_prior * policy.prior_weight,
+                      beta_weight=policy.prior_weight, zero_run=jnp.int32(0),
+                      probe_interval=policy.probe_every, steps=jnp.int32(0),
+                      gamma=jnp.int32(0))
+  return state.replace(gamma=choose_gamma(policy, state))
+
+
+def alpha_estimate(state: PolicyState) -> Array:
+  return state.beta_sum / state.beta_weight
+
+
+def expected_speed(alpha: Array, iteration_cost: Array) -> Array:
+  """`[max_gamma + 1]` tokens per plain-step time at each γ: (1 + α + ... + α^γ) / cost(γ)."""
+  powers = alpha ** jnp.arange(iteration_cost.shape[0], dtype=jnp.float32)
+  return jnp.cumsum(powers) / iteration_cost
+
+
+def _decide(policy: AutoGamma, state: PolicyState) -> tuple[Array, Array, Array]:
+  """`(gamma, best, probe)`: the next γ, the fastest by the estimate, whether γ is a probe."""
+  speed = expected_speed(alpha_estimate(state), policy.iteration_cost)
+  best = jnp.argmax(speed).astype(jnp.int32)
+  best = jnp.where(speed[state.gamma] * (1.0 + policy.switch_margin) >= speed[best],
+                   state.gamma, best)
+  probe = (policy.probe_every > 0) & (best == 0) & (state.zero_run >= state.probe_interval)
+  gamma = jnp.where(probe, jnp.minimum(1, policy.max_gamma), best)
+  return (jnp.where(policy.forced_gamma >= 0, policy.forced_gamma, gamma).astype(jnp.int32),
+          best, probe)
+
+
+def choose_gamma(policy: AutoGamma, state: PolicyState) -> Array:
+  """The γ of the next iteration `[]` int32: the fastest one, a probe, or the forced one.
+
+  The current γ (`state.gamma`) stays unless another is expected to be more
+  than `switch_margin` faster: every change of γ costs the loop a copy of
+  its state (`speculative_loop.auto_segment`), and the estimate is noisy.
+  Probes back off: each doubles the plain steps before the next (up to
+  `MAX_PROBE_BACKOFF` times `probe_every`) until the estimate itself picks
+  a γ > 0 again.
+  """
+  return _decide(policy, state)[0]
+
+
+def update(policy: AutoGamma, state: PolicyState, gamma: int, beta_sum: Array | float = 0.0,
+           beta_count: Array | int = 0) -> PolicyState:
+  """Folds an iteration at `gamma` in (`beta_sum`, `beta_count`: batch totals); picks the next γ.
+
+  The choice is made here, in the loop's body, and read by its condition: a
+  condition that computes it costs XLA:CPU ~0.08 ms per iteration (measured
+  on cpu_target, 2026-12-02), a body that does ~nothing.
+  """
+  count = jnp.asarray(beta_count, jnp.float32)
+  keep = (1.0 - 1.0 / policy.memory) ** count
+  new = PolicyState(beta_sum=keep * state.beta_sum + beta_sum,
+                    beta_weight=keep * state.beta_weight + count,
+                    zero_run=state.zero_run + 1 if gamma == 0 else jnp.int32(0),
+                    probe_interval=state.probe_interval, steps=state.steps + 1,
+                    gamma=state.gamma)
+  choice, best, probe = _decide(policy, new)
+  backed_off = jnp.minimum(2 * new.probe_interval, MAX_PROBE_BACKOFF * policy.probe_every)
+  interval = jnp.where(probe, backed_off, jnp.where(best > 0, policy.probe_every,
+                                                    new.probe_interval))
+  return new.replace(gamma=choice, probe_interval=interval)
+
+
+def keep_going(policy: AutoGamma, state: PolicyState, all_done: Array) -> Array:
+  """The loop's condition: rows left (or `run_past_done`) and fewer than `max_iterations`."""
+  return (~all_done | policy.run_past_done) & (state.steps < policy.max_iterations)

@@ -1,0 +1,203 @@
+"""Cost profiles for `gamma='auto'`: measured on the speculative loop itself, cached on disk.
+
+A profile (`adaptive.CostProfile`) says what one iteration of the loop costs
+at each γ ∈ {0..max_gamma} relative to one at γ = 0 (a plain target step).
+`measure_profile` times the very program `gamma='auto'` runs, with γ pinned
+(`AutoGamma.forced_gamma`) and a fixed number of iterations: the time of a
+long run (sized to last about `SAMPLE_S`) minus that of
+`SHORT_RUN` iterations, over their difference, cancels the encoder, the
+cache set-up and the dispatch. Rounds
+time every γ once in a fresh random order and the ratios are paired within a
+round (the machine may be shared). It takes a few seconds after compilation,
+which the decoding call that follows reuses.
+
+The cost depends on the models, the batch size, the encoder and decode
+lengths, the sampling settings and the hardware, which make up the profile's
+key (`profile_key`); `cached_profile` keeps one JSON file per key under
+`$SPECDEC_CACHE_DIR/gamma_profiles/`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from specdec_t5x import adaptive, paths, speculative_loop
+from specdec_t5x import sampling as sampling_lib
+
+Array = jax.Array
+
+SHORT_RUN = 1
+SAMPLE_S = 0.04
+MIN_LONG_RUN = 16
+ROUNDS = 7
+PROFILE_DIR = 'gamma_profiles'
+# An id no token has: the measured rows never end early.
+_NO_EOS = -1
+
+
+def _arrays_fingerprint(tree: Any) -> list[str]:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return [f'{jnp.dtype(x.dtype).name}{list(np.shape(x))}' for x in leaves]
+
+
+def profile_key(target_module: nn.Module, target_params: Any, drafter: Any,
+                batch: int, encoder_length: int, *, max_gamma: int, max_decode_len: int,
+                sampling: sampling_lib.SamplingConfig) -> str:
+  """What a measured profile holds for: a readable prefix and a hash of the rest.
+
+  The hash covers the target's config and parameter shapes, the drafter's
+  type, structure and array shapes, the shapes of the call, the sampling
+  settings, the backend and device kind, and the jax version.
+  """
+  device = jax.devices()[0]
+  facts = {
+      'target': repr(target_module.config), 'target_params': _arrays_fingerprint(target_params),
+      'drafter': type(drafter).__name__,
+      'drafter_tree': str(jax.tree_util.tree_structure(drafter)),
+      'drafter_arrays': _arrays_fingerprint(drafter), 'batch': batch,
+      'encoder_length': encoder_length, 'max_gamma': max_gamma,
+      'max_decode_len': max_decode_len, 'sampling': repr(sampling),
+      'backend': jax.default_backend(), 'device': device.device_kind, 'jax': jax.__version__,
+  }
+  digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+  return (f'{type(drafter).__name__}-b{batch}-L{encoder_length}-T{max_decode_len}-'
+          f'G{max_gamma}-{jax.default_backend()}-{digest}')
+
+
+def _run_time(run: Any, forced_gamma: int, iterations: int) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(run(forced_gamma, iterations))
+  return time.perf_counter() - start
+
+
+def monotone_costs(costs: list[float]) -> list[float]:
+  """The non-decreasing sequence closest to `costs` in least squares (pool adjacent violators).
+
+  An iteration at a larger γ drafts more and scores more positions, so it
+  never costs less; a measured dip is noise, which would make the policy
+  pick that γ.
+  """
+  blocks: list[list[float]] = []  # [mean, size]
+  for cost in costs:
+    blocks.append([cost, 1])
+    while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+      (mean_a, size_a), (mean_b, size_b) = blocks.pop(-2), blocks.pop()
+      blocks.append([(mean_a * size_a + mean_b * size_b) / (size_a + size_b), size_a + size_b])
+  return [mean for mean, size in blocks for _ in range(int(size))]
+
+
+def _long_run(run: Any, gamma: int) -> int:
+  """Iterations at `gamma` that take about `SAMPLE_S` beyond a short run."""
+  short = statistics.median(_run_time(run, gamma, SHORT_RUN) for _ in range(3))
+  probe = SHORT_RUN + 4 * MIN_LONG_RUN
+  per_iteration = max(_run_time(run, gamma, probe) - short, 1e-7) / (probe - SHORT_RUN)
+  return SHORT_RUN + max(MIN_LONG_RUN, round(SAMPLE_S / per_iteration))
+
+
+def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
+                    encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
+                    sampling: sampling_lib.SamplingConfig, rounds: int = ROUNDS,
+                    seed: int = 0) -> adaptive.CostProfile:
+  """Times the loop at each γ on `encoder_input_tokens [B, L]` (see the module docstring)."""
+  placeholder = adaptive.CostProfile((1.0,) * (max_gamma + 1))
+  rng = jax.random.PRNGKey(seed)
+
+  def run(forced_gamma: int, iterations: int):
+    policy = adaptive.make_policy(placeholder, max_gamma, forced_gamma=forced_gamma,
+                                  max_iterations=iterations, run_past_done=True)
+    return speculative_loop.decode(target_module, target_params, drafter, encoder_input_tokens,
+                                   rng, policy, gamma=None, max_decode_len=max_decode_len,
+                                   sampling=sampling, eos_id=jnp.int32(_NO_EOS)).lengths
+
+  started = time.perf_counter()
+  _run_time(run, 0, SHORT_RUN)  # compiles
+  compiled_s = time.perf_counter() - started
+  long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
+  order = random.Random(seed)
+  ratios: list[list[float]] = [[] for _ in range(max_gamma + 1)]
+  for _ in range(rounds):
+    per_iteration = [0.0] * (max_gamma + 1)
+    gammas = list(range(max_gamma + 1))
+    order.shuffle(gammas)
+    for gamma in gammas:
+      short = _run_time(run, gamma, SHORT_RUN)
+      long = _run_time(run, gamma, long_runs[gamma])
+      per_iteration[gamma] = max(long - short, 1e-9) / (long_runs[gamma] - SHORT_RUN)
+    for gamma in range(max_gamma + 1):
+      ratios[gamma].append(per_iteration[gamma] / per_iteration[0])
+  batch, encoder_length = encoder_input_tokens.shape
+  key = profile_key(target_module, target_params, drafter, batch, encoder_length,
+                    max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
+  medians = [statistics.median(r) for r in ratios]
+  return adaptive.CostProfile(
+      tuple(monotone_costs(medians)), key=key,
+      details={'measured': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                   timespec='seconds'),
+               'rounds': rounds, 'iterations': [SHORT_RUN, long_runs],
+               'compile_s': round(compiled_s, 2),
+               'measure_s': round(time.perf_counter() - started - compiled_s, 2),
+               'ratio_medians': [round(m, 4) for m in medians],
+               'ratio_range': [[round(min(r), 3), round(max(r), 3)] for r in ratios],
+               'cpu_count': os.cpu_count()})
+
+
+def cached_profile(target_module: nn.Module, target_params: Any, drafter: Any,
+                   encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
+                   sampling: sampling_lib.SamplingConfig) -> adaptive.CostProfile:
+  """The profile of this call's key from the cache, measured (and saved) if there is none."""
+  batch, encoder_length = encoder_input_tokens.shape
+  key = profile_key(target_module, target_params, drafter, batch, encoder_length,
+                    max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
+  path = paths.cache_dir(PROFILE_DIR) / f'{key}.json'
+  if path.is_file():
+    return adaptive.CostProfile.load(path)
+  profile = measure_profile(target_module, target_params, drafter, encoder_input_tokens,
+                            max_gamma=max_gamma, max_decode_len=max_decode_len,
+                            sampling=sampling)
+  profile.save(path)
+  return profile
+
+
+def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | None,
+                    target_module: nn.Module, target_params: Any, drafter: Any,
+                    encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
+                    sampling: sampling_lib.SamplingConfig) -> adaptive.CostProfile:
+  """The profile `speculative_decode(gamma='auto')` uses: given, read from a file, or cached.
+
+  Raises:
+    ValueError: a profile that does not cover `max_gamma` or was measured for
+      other models or shapes, or a file that is not a profile.
+  """
+  batch, encoder_length = encoder_input_tokens.shape
+  if cost_profile is None:
+    if isinstance(encoder_input_tokens, jax.core.Tracer):
+      raise ValueError("gamma='auto' under jit needs a cost_profile: the loop cannot be timed "
+                       'while it is being traced (measure one with '
+                       'specdec_t5x.calibration.cached_profile outside jit)')
+    profile = cached_profile(target_module, target_params, drafter, encoder_input_tokens,
+                             max_gamma=max_gamma, max_decode_len=max_decode_len,
+                             sampling=sampling)
+  elif isinstance(cost_profile, adaptive.CostProfile):
+    profile = cost_profile
+  else:
+    profile = adaptive.CostProfile.load(cost_profile)
+  if profile.key is not None:
+    key = profile_key(target_module, target_params, drafter, batch, encoder_length,
+                      max_gamma=profile.max_gamma, max_decode_len=max_decode_len,
+                      sampling=sampling)
+    profile.check_fits(max_gamma, key)
+  else:
+    profile.check_fits(max_gamma, '')
+  return profile

@@ -1,0 +1,115 @@
+"""The gamma='auto' policy (`specdec_t5x.adaptive`) and cost profiles, without decoding."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdec_t5x import adaptive, calibration, theory
+
+COSTS = (1.0, 1.3, 1.5, 1.7, 1.9)
+
+
+def _state(policy, alpha, weight=1e6, gamma=0, zero_run=0):
+  state = adaptive.init_state(policy)
+  return state.replace(beta_sum=jnp.float32(alpha * weight), beta_weight=jnp.float32(weight),
+                       gamma=jnp.int32(gamma), zero_run=jnp.int32(zero_run))
+
+
+def _choose(policy, alpha, **state):
+  return int(adaptive.choose_gamma(policy, _state(policy, alpha, **state)))
+
+
+def test_expected_speed_is_the_papers_expectation_over_the_cost():
+  costs = jnp.asarray(COSTS)
+  for alpha in (0.0, 0.3, 0.8, 0.999):
+    speed = np.asarray(adaptive.expected_speed(jnp.float32(alpha), costs))
+    want = [float(theory.expected_tokens_per_iteration(alpha, g)) / COSTS[g] if g else 1.0
+            for g in range(len(COSTS))]
+    np.testing.assert_allclose(speed, want, rtol=1e-5)
+
+
+def test_the_choice_follows_alpha_and_the_costs():
+  policy = adaptive.make_policy(adaptive.CostProfile(COSTS), 4)
+  assert _choose(policy, 0.05) == 0           # drafts that never agree: plain steps
+  assert _choose(policy, 0.6) == 2            # 1.96/1.5 beats 1.6/1.3 and 2.18/1.7
+  assert _choose(policy, 0.95) == 4           # nearly always right: the longest draft
+  free = adaptive.make_policy(adaptive.CostProfile((1.0,) * 5), 4)
+  assert _choose(free, 0.05) == 4             # free drafting always pays a little
+
+
+def test_the_current_gamma_stays_within_the_switch_margin():
+  policy = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, switch_margin=0.08)
+  speed = np.asarray(adaptive.expected_speed(jnp.float32(0.6), jnp.asarray(COSTS)))
+  assert speed[2] / speed[1] < 1.08           # γ=2 is better, but by less than the margin
+  assert _choose(policy, 0.6, gamma=1) == 1
+  assert _choose(policy, 0.6, gamma=0) == 2   # plain steps are 30% worse: leave them
+
+
+def test_probes_after_plain_steps_and_backs_off():
+  policy = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, probe_every=3)
+  state = _state(policy, 0.05)
+  gammas = []
+  for _ in range(40):
+    gamma = int(state.gamma)
+    gammas.append(gamma)
+    # A probe that verifies one rejected position leaves the estimate low.
+    state = adaptive.update(policy, state, gamma, 0.0, 1 if gamma else 0)
+  probes = [i for i, g in enumerate(gammas) if g]
+  # 3, then 6, then 12 plain steps before each probe at γ = 1 (then 24, the cap of 8 x 3).
+  assert probes == [3, 10, 23]
+  assert all(gammas[i] == 1 for i in probes)
+
+
+def test_forced_gamma_and_no_probes():
+  forced = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, forced_gamma=3)
+  assert _choose(forced, 0.0) == 3 and _choose(forced, 0.99) == 3
+  quiet = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, probe_every=0)
+  assert _choose(quiet, 0.05, zero_run=1000) == 0
+
+
+def test_the_estimate_forgets_old_positions():
+  policy = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, alpha_prior=0.5,
+                                prior_weight=4.0, memory=8.0)
+  state = adaptive.init_state(policy)
+  assert float(adaptive.alpha_estimate(state)) == pytest.approx(0.5)
+  for _ in range(20):
+    state = adaptive.update(policy, state, 2, 2.0, 2)  # every verified position agrees
+  assert float(adaptive.alpha_estimate(state)) > 0.99
+  state = adaptive.update(policy, state, 0)            # a plain step changes nothing
+  assert float(adaptive.alpha_estimate(state)) > 0.99
+
+
+def test_profile_checks_and_round_trip(tmp_path):
+  with pytest.raises(ValueError, match='at least γ = 1'):
+    adaptive.CostProfile((1.0,))
+  with pytest.raises(ValueError, match='finite and > 0'):
+    adaptive.CostProfile((1.0, 0.0))
+  profile = adaptive.CostProfile.from_theory(0.1, [1.0, 1.2, 1.4])
+  np.testing.assert_allclose(profile.iteration_cost, [1.0, 1.3, 1.6])
+  measured = adaptive.CostProfile(COSTS, key='models-a', details={'rounds': 3})
+  measured.save(tmp_path / 'p.json')
+  assert adaptive.CostProfile.load(tmp_path / 'p.json') == measured
+  (tmp_path / 'other.json').write_text('{"iteration_cost": [1, 2]}')
+  with pytest.raises(ValueError, match='not a cost profile'):
+    adaptive.CostProfile.load(tmp_path / 'other.json')
+  with pytest.raises(ValueError, match='cannot read'):
+    adaptive.CostProfile.load(tmp_path / 'missing.json')
+  with pytest.raises(ValueError, match='covers γ ≤ 4 but max_gamma is 6'):
+    measured.check_fits(6, 'models-a')
+  with pytest.raises(ValueError, match='other models or shapes'):
+    measured.check_fits(4, 'models-b')
+  measured.check_fits(3, 'models-a')
+
+
+def test_policy_settings_are_checked():
+  profile = adaptive.CostProfile(COSTS)
+  for bad in (dict(alpha_prior=1.0), dict(memory=0.0), dict(probe_every=-1),
+              dict(forced_gamma=5), dict(switch_margin=1.5)):
+    with pytest.raises(ValueError):
+      adaptive.make_policy(profile, 4, **bad)
+
+
+def test_measured_costs_are_made_non_decreasing():
+  assert calibration.monotone_costs([1.0, 1.6, 1.5, 1.9, 1.7, 2.3]) == pytest.approx(
+      [1.0, 1.55, 1.55, 1.8, 1.8, 2.3])
+  assert calibration.monotone_costs([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
