@@ -170,6 +170,31 @@ def cached_profile(target_module: nn.Module, target_params: Any, drafter: Any,
   return profile
 
 
+class _Checked:
+  """The last few (profile, models, shapes) `resolve_profile` checked, held by reference.
+
+  Computing a profile's key reads every parameter's shape (~0.4 ms on CPU,
+  ~1% of a short request): a decoding loop that passes the same profile and
+  models again skips it. Entries keep their objects alive, so an `id` is never
+  reused for another object while its entry exists.
+  """
+
+  def __init__(self, size: int = 8):
+    self.size, self.entries = size, []
+
+  def __contains__(self, item: tuple[tuple, tuple]) -> bool:
+    """`item` is (objects compared by identity, values compared by equality)."""
+    objects, values = item
+    return any(all(a is b for a, b in zip(e_objects, objects, strict=True)) and e_values == values
+               for e_objects, e_values in self.entries)
+
+  def add(self, item: tuple[tuple, tuple]) -> None:
+    self.entries = [item] + self.entries[:self.size - 1]
+
+
+_CHECKED = _Checked()
+
+
 def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | None,
                     target_module: nn.Module, target_params: Any, drafter: Any,
                     encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
@@ -193,6 +218,10 @@ def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | Non
     profile = cost_profile
   else:
     profile = adaptive.CostProfile.load(cost_profile)
+  checked = ((profile, target_params, drafter),
+             (target_module, batch, encoder_length, max_gamma, max_decode_len, sampling))
+  if checked in _CHECKED:
+    return profile
   if profile.key is not None:
     key = profile_key(target_module, target_params, drafter, batch, encoder_length,
                       max_gamma=profile.max_gamma, max_decode_len=max_decode_len,
@@ -200,4 +229,5 @@ def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | Non
     profile.check_fits(max_gamma, key)
   else:
     profile.check_fits(max_gamma, '')
+  _CHECKED.add(checked)
   return profile

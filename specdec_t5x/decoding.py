@@ -212,7 +212,7 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
     profile = calibration.resolve_profile(
         cost_profile, target_module, target_params, drafter, tokens, max_gamma=max_gamma,
         max_decode_len=max_decode_len, sampling=sampling)
-    policy, gamma = adaptive.make_policy(profile, max_gamma, **(auto_settings or {})), None
+    policy, gamma = adaptive.cached_policy(profile, max_gamma, **(auto_settings or {})), None
   elif isinstance(gamma, str):
     raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
   else:

@@ -53,6 +53,7 @@ class SpeculativeState:
   done: Array              # [B] bool
   target_cache: Any        # position == lengths at the top of each iteration
   drafter_state: Any
+  drafter_ready: Array     # [] bool: drafter_state is initialized (gamma='auto' defers it)
   rng: Array
   iterations: Array        # [B]
   draft_iterations: Array  # [B]
@@ -178,9 +179,29 @@ def iteration(state: SpeculativeState, request: Request, target_module: nn.Modul
       gamma_iterations=state.gamma_iterations.at[:, gamma].add(active))
 
 
+def _cache_length(drafter: drafters_lib.Drafter, max_gamma: int, max_decode_len: int) -> int:
+  # A row at length T may still be scored (and ignored): T + G + 1 positions,
+  # plus the drafter's extra positions after them.
+  return max_decode_len + max_gamma + 1 + drafters_lib.num_extra_positions(drafter)
+
+
+def _ready_drafter(state: SpeculativeState, policy: adaptive.AutoGamma, request: Request,
+                   drafter: drafters_lib.Drafter, max_decode_len: int) -> SpeculativeState:
+  """Initializes the drafter on its first proposal (a request at γ = 0 never pays for it)."""
+  def init(state: SpeculativeState) -> SpeculativeState:
+    cache_length = _cache_length(drafter, policy.max_gamma, max_decode_len)
+    return state.replace(drafter_state=drafter.init(request.encoder_input_tokens, cache_length),
+                         drafter_ready=jnp.bool_(True))
+
+  return jax.lax.cond(state.drafter_ready, lambda state: state, init, state)
+
+
 def _auto_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, gamma: int,
                   **iteration_args: Any) -> SpeculativeState:
   """Iterations at `gamma`, each folded into the policy's estimate, while it keeps choosing γ."""
+  state = _ready_drafter(state, policy, iteration_args['request'], iteration_args['drafter'],
+                         iteration_args['max_decode_len'])
+
   def body(state: SpeculativeState) -> SpeculativeState:
     new = iteration(state, gamma=gamma, **iteration_args)
     return new.replace(policy=adaptive.update(
@@ -252,16 +273,21 @@ def _init_state(target_module: nn.Module, target_params: Any, drafter: drafters_
                 request: Request, rng: Array, policy: adaptive.AutoGamma | None, *,
                 max_gamma: int, max_decode_len: int) -> SpeculativeState:
   batch = request.encoder_input_tokens.shape[0]
-  # A row at length T may still be scored (and ignored): T + G + 1 positions,
-  # plus the drafter's extra positions after them.
-  cache_length = max_decode_len + max_gamma + 1 + drafters_lib.num_extra_positions(drafter)
+  cache_length = _cache_length(drafter, max_gamma, max_decode_len)
+  init_drafter = lambda: drafter.init(request.encoder_input_tokens, cache_length)
+  # With gamma='auto' a drafter that only proposes is initialized when it first does
+  # (`_ready_drafter`); until then its state is zeros of the right shapes.
+  deferred = policy is not None and not drafters_lib.num_extra_positions(drafter)
+  drafter_state = (jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                          jax.eval_shape(init_drafter))
+                   if deferred else init_drafter())
   zeros = jnp.zeros((batch,), jnp.int32)
   return SpeculativeState(
       sequences=jnp.zeros((batch, max_decode_len + max_gamma + 2), jnp.int32),
       lengths=zeros, done=jnp.zeros((batch,), bool),
       target_cache=cache_lib.init_decode_cache(target_module, target_params, request.encoded,
                                                request.encoder_input_tokens, cache_length),
-      drafter_state=drafter.init(request.encoder_input_tokens, cache_length),
+      drafter_state=drafter_state, drafter_ready=jnp.bool_(not deferred),
       rng=rng, iterations=zeros, draft_iterations=zeros, accepted=zeros,
       beta_sum=jnp.zeros((batch,), jnp.float32), beta_count=zeros,
       gamma_iterations=jnp.zeros((batch, max_gamma + 1), jnp.int32),
