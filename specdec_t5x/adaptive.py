@@ -24,9 +24,9 @@ the wait. Probes are off by default: on the CPU family a probe (the draft's
 first use in the request, its catching up, one γ = 1 iteration) cost ~3
 target steps, 7% of a 25-token request that then stayed at γ = 0 (measured
 2026-12-02); a request that starts at γ = 0 stays there. A caller that
-decodes many requests can carry α over in `alpha_prior`.
-The current γ is kept unless another is expected to be `switch_margin`
-faster.
+decodes many requests can carry α over in `alpha_prior` (the last request's
+`beta_mean`, pooled by `beta_count`). The current γ is kept unless another
+is expected to be `switch_margin` faster.
 
 Outputs stay exact whatever γ is chosen: speculative sampling returns the
 target's distribution for any γ, and here γ depends only on the past.
@@ -196,6 +196,25 @@ def cached_policy(profile: CostProfile, max_gamma: int, **settings: Any) -> Auto
   Building the eight scalars anew costs ~0.3 ms a call on CPU, ~1% of a short request.
   """
   return _cached_policy(profile.iteration_cost, max_gamma, tuple(sorted(settings.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _stays_plain(iteration_cost: tuple[float, ...], max_gamma: int,
+                 settings: tuple[tuple[str, Any], ...]) -> bool:
+  policy = _cached_policy(iteration_cost, max_gamma, settings)
+  if int(policy.forced_gamma) >= 0:
+    return int(policy.forced_gamma) == 0 and not bool(policy.run_past_done)
+  return int(policy.probe_every) == 0 and int(init_state(policy).gamma) == 0
+
+
+def stays_plain(profile: CostProfile, max_gamma: int, **settings: Any) -> bool:
+  """Whether the policy picks γ = 0 first and can never leave it (no probes, α frozen).
+
+  Then the whole request is plain target steps: the autoregressive loop, which
+  `decoding.speculative_decode` runs instead (the same program, so the same
+  speed as the baseline).
+  """
+  return _stays_plain(profile.iteration_cost, max_gamma, tuple(sorted(settings.items())))
 
 
 @struct.dataclass

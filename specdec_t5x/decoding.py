@@ -160,6 +160,16 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
 # ------------------------------------------------------------------------------
 
 
+def _plain_output(output: DecodeOutput, max_gamma: int) -> SpeculativeOutput:
+  """gamma='auto' that stays at γ = 0: the autoregressive output, as speculative statistics."""
+  zeros = jnp.zeros_like(output.lengths)
+  return SpeculativeOutput(
+      tokens=output.tokens, lengths=output.lengths, iterations=output.lengths,
+      draft_iterations=zeros, accepted=zeros, beta_mean=jnp.zeros(zeros.shape, jnp.float32),
+      beta_count=zeros, gamma_iterations=jnp.zeros(zeros.shape + (max_gamma + 1,),
+                                                   jnp.int32).at[:, 0].set(output.lengths))
+
+
 def speculative_decode(target_module: nn.Module, target_params: Any,
                        drafter: drafters_lib.Drafter, encoder_input_tokens: Array, *,
                        gamma: int | str, max_decode_len: int, rng: Array | None = None,
@@ -195,7 +205,9 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
       machine for these models and shapes (`calibration.cached_profile`: a
       few seconds once, then read from the cache).
     auto_settings: with gamma='auto', keyword arguments of
-      `adaptive.make_policy` (alpha_prior, prior_weight, memory, probe_every).
+      `adaptive.make_policy` (alpha_prior, prior_weight, memory, probe_every,
+      switch_margin). A policy that starts at γ = 0 and cannot leave it (no
+      probes) runs `autoregressive_decode` itself (`adaptive.stays_plain`).
 
   Returns:
     `SpeculativeOutput` with tokens, lengths and per-row acceptance statistics.
@@ -212,7 +224,12 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
     profile = calibration.resolve_profile(
         cost_profile, target_module, target_params, drafter, tokens, max_gamma=max_gamma,
         max_decode_len=max_decode_len, sampling=sampling)
-    policy, gamma = adaptive.cached_policy(profile, max_gamma, **(auto_settings or {})), None
+    settings = dict(auto_settings or {})
+    if adaptive.stays_plain(profile, max_gamma, **settings):
+      return _plain_output(_autoregressive_decode(
+          target_module, target_params, tokens, _default_rng(rng), max_decode_len=max_decode_len,
+          sampling=sampling, eos_id=eos), max_gamma)
+    policy, gamma = adaptive.cached_policy(profile, max_gamma, **settings), None
   elif isinstance(gamma, str):
     raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
   else:

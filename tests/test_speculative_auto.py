@@ -127,3 +127,13 @@ def call_traced(module, target, drafter, tokens):
   return decoding.speculative_decode(module, target, drafter, tokens, gamma='auto',
                                      max_decode_len=8).tokens
 
+
+
+def test_a_policy_that_stays_at_plain_steps_is_the_autoregressive_loop():
+  dear = adaptive.CostProfile((1.0, 3.0, 4.0, 5.0))
+  assert adaptive.stays_plain(dear, 3) and not adaptive.stays_plain(dear, 3, probe_every=4)
+  assert not adaptive.stays_plain(CHEAP, 5)
+  expected, got = decode_both(4, 'perturbed', dear, max_gamma=3, probe_every=0)
+  assert_same(expected, got)
+  np.testing.assert_array_equal(np.asarray(got.gamma_iterations)[:, 0], expected.lengths)
+  assert int(np.sum(got.draft_iterations)) == 0
