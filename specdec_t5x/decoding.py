@@ -160,8 +160,12 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
 # ------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames='max_gamma')
 def _plain_output(output: DecodeOutput, max_gamma: int) -> SpeculativeOutput:
-  """gamma='auto' that stays at γ = 0: the autoregressive output, as speculative statistics."""
+  """gamma='auto' that stays at γ = 0: the autoregressive output, as speculative statistics.
+
+  (Jitted: five eager ops would cost ~3 ms of dispatch, 7% of a short request.)
+  """
   zeros = jnp.zeros_like(output.lengths)
   return SpeculativeOutput(
       tokens=output.tokens, lengths=output.lengths, iterations=output.lengths,
