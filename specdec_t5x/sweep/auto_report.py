@@ -28,6 +28,11 @@ def split(records: Sequence[Mapping[str, Any]]) -> tuple[list, list]:
   return ([r for r in records if not is_auto(r)], [r for r in records if is_auto(r)])
 
 
+def verified_nothing(record: Mapping[str, Any]) -> bool:
+  """An auto cell that never left γ = 0 verified no position: it has no α."""
+  return is_auto(record) and not sum(record['per_batch'].get('beta_count', [1]))
+
+
 def _group_key(record: Mapping[str, Any]) -> tuple:
   return (record['section'], record['task'], record['draft'], record['temperature'],
           record['batch'])
@@ -48,7 +53,8 @@ def comparisons(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         'section': r['section'], 'task': r['task'], 'draft': r['draft'],
         'temperature': r['temperature'], 'batch': r['batch'], 'auto_speedup': r['speedup'],
         'auto_q25': r['speedup_q25'], 'auto_q75': r['speedup_q75'],
-        'auto_alpha': r['alpha_beta'], 'mean_gamma': r['mean_gamma'],
+        'auto_alpha': None if verified_nothing(r) else r['alpha_beta'],
+        'mean_gamma': r['mean_gamma'],
         'gamma_iterations': r['gamma_iterations'],
         'best_fixed_gamma': None if top is None else top['gamma'],
         'best_fixed_speedup': None if top is None else top['speedup'],

@@ -249,7 +249,8 @@ def throughput_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]
     rows.append([config.tasks[r['task']].label, _draft_label(config, r), f"{r['temperature']:g}",
                  str(r['gamma']), str(r['batch']), fmt(r['autoregressive_tokens_per_s'], 1),
                  fmt(r['speculative_tokens_per_s'], 1), fmt(r['speedup'], 2, 'x'),
-                 fmt(r['alpha_beta']), fmt(r.get('scoring_cost')),
+                 fmt(None if auto_report.verified_nothing(r) else r['alpha_beta']),
+                 fmt(r.get('scoring_cost')),
                  fmt(r.get('theory_measured'), 2, 'x')])
   if not rows:
     return ''
@@ -347,7 +348,8 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
   peers = current_peer_records(config, store)
   # A paper-scale benchmark written beside this report (scripts/bench_paper_scale.py)
   # supplies the scoring curve of a real T5 1.1 size instead of this sweep's.
-  projection = tpu_projection(scoring_curve(records),
+  fixed, _ = auto_report.split(records)  # the theory's figures come from fixed-γ cells
+  projection = tpu_projection(scoring_curve(fixed),
                               paper_scale_path=output_dir / 'paper_scale.json')
   written = []
 
@@ -372,7 +374,7 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
     written.append(output_dir / 'throughput.png')
   if peers:
     write('peer_hf.md', peer_markdown(config, peers))
-  write('projection_tpu.md', projection_markdown(projection, records))
+  write('projection_tpu.md', projection_markdown(projection, fixed))
   summary = _summary(config, store, records, peers, projection, skipped)
   write('sweep.json', json.dumps(summary, indent=1, sort_keys=True, allow_nan=True) + '\n')
   return written
