@@ -218,26 +218,34 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
   """
   vocab_size = target_module.config.vocab_size
   drafters_lib.check_vocab_compatible(vocab_size, drafter.vocab_size)
-  sampling = sampling_lib.make_sampling_config(temperature, top_k, top_p)
-  tokens = _check_encoder_inputs(encoder_input_tokens, vocab_size)
-  max_decode_len = _check_positive_int('max_decode_len', max_decode_len)
-  eos = _check_eos(eos_id, vocab_size)
-  policy = None
+  call = dict(target_module=target_module, target_params=target_params,
+              encoder_input_tokens=_check_encoder_inputs(encoder_input_tokens, vocab_size),
+              rng=_default_rng(rng),
+              max_decode_len=_check_positive_int('max_decode_len', max_decode_len),
+              sampling=sampling_lib.make_sampling_config(temperature, top_k, top_p),
+              eos_id=_check_eos(eos_id, vocab_size))
   if gamma == adaptive.AUTO:
-    max_gamma = _check_positive_int('max_gamma', max_gamma)
-    profile = calibration.resolve_profile(
-        cost_profile, target_module, target_params, drafter, tokens, max_gamma=max_gamma,
-        max_decode_len=max_decode_len, sampling=sampling)
-    settings = dict(auto_settings or {})
-    if adaptive.stays_plain(profile, max_gamma, **settings):
-      return _plain_output(_autoregressive_decode(
-          target_module, target_params, tokens, _default_rng(rng), max_decode_len=max_decode_len,
-          sampling=sampling, eos_id=eos), max_gamma)
-    policy, gamma = adaptive.cached_policy(profile, max_gamma, **settings), None
-  elif isinstance(gamma, str):
+    return _auto_decode(drafter, **call, max_gamma=_check_positive_int('max_gamma', max_gamma),
+                        cost_profile=cost_profile, settings=dict(auto_settings or {}))
+  if isinstance(gamma, str):
     raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
-  else:
-    gamma = _check_positive_int('gamma', gamma)
-  return speculative_loop.decode(target_module, target_params, drafter, tokens,
-                                 _default_rng(rng), policy, gamma=gamma,
-                                 max_decode_len=max_decode_len, sampling=sampling, eos_id=eos)
+  return speculative_loop.decode(drafter=drafter, policy=None,
+                                 gamma=_check_positive_int('gamma', gamma), **call)
+
+
+def _auto_decode(drafter: drafters_lib.Drafter, *, target_module: nn.Module, target_params: Any,
+                 encoder_input_tokens: Array, rng: Array, max_decode_len: int,
+                 sampling: sampling_lib.SamplingConfig, eos_id: Array, max_gamma: int,
+                 cost_profile: Any, settings: dict[str, Any]) -> SpeculativeOutput:
+  """`speculative_decode(gamma='auto')` on checked arguments."""
+  profile = calibration.resolve_profile(
+      cost_profile, target_module, target_params, drafter, encoder_input_tokens,
+      max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
+  if adaptive.stays_plain(profile, max_gamma, **settings):
+    return _plain_output(_autoregressive_decode(
+        target_module, target_params, encoder_input_tokens, rng, max_decode_len=max_decode_len,
+        sampling=sampling, eos_id=eos_id), max_gamma)
+  return speculative_loop.decode(target_module, target_params, drafter, encoder_input_tokens,
+                                 rng, adaptive.cached_policy(profile, max_gamma, **settings),
+                                 gamma=None, max_decode_len=max_decode_len, sampling=sampling,
+                                 eos_id=eos_id)
