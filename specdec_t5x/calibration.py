@@ -41,6 +41,7 @@ Array = jax.Array
 SHORT_RUN = 1
 SAMPLE_S = 0.04
 MIN_LONG_RUN = 16
+MIN_ITERATION_S = 5e-6
 ROUNDS = 7
 PROFILE_DIR = 'gamma_profiles'
 # An id no token has: the measured rows never end early.
@@ -99,10 +100,16 @@ def monotone_costs(costs: list[float]) -> list[float]:
 
 
 def _long_run(run: Any, gamma: int) -> int:
-  """Iterations at `gamma` that take about `SAMPLE_S` beyond a short run."""
+  """Iterations at `gamma` that take about `SAMPLE_S` beyond a short run.
+
+  An iteration is taken to last at least `MIN_ITERATION_S`: on tiny models the
+  probe's time can drown in the short run's noise, and a near-zero estimate
+  would ask for millions of iterations.
+  """
   short = statistics.median(_run_time(run, gamma, SHORT_RUN) for _ in range(3))
   probe = SHORT_RUN + 4 * MIN_LONG_RUN
-  per_iteration = max(_run_time(run, gamma, probe) - short, 1e-7) / (probe - SHORT_RUN)
+  per_iteration = max((_run_time(run, gamma, probe) - short) / (probe - SHORT_RUN),
+                      MIN_ITERATION_S)
   return SHORT_RUN + max(MIN_LONG_RUN, round(SAMPLE_S / per_iteration))
 
 
