@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Array = jax.Array
@@ -175,13 +177,19 @@ def make_policy(profile: CostProfile, max_gamma: int, *, alpha_prior: float = 0.
   if not -1 <= forced_gamma <= max_gamma:
     raise ValueError(f'forced_gamma must be -1 (choose) or in [0, {max_gamma}], got '
                      f'{forced_gamma!r}')
-  costs = jnp.asarray(profile.iteration_cost[:max_gamma + 1], jnp.float32)
+  # NumPy first, so that a policy made while a function is traced holds no tracer.
+  costs = np.asarray(profile.iteration_cost[:max_gamma + 1], np.float32)
   return AutoGamma(
-      iteration_cost=costs / costs[0], alpha_prior=jnp.float32(alpha_prior),
+      iteration_cost=jnp.asarray(costs / costs[0]), alpha_prior=jnp.float32(alpha_prior),
       prior_weight=jnp.float32(prior_weight), memory=jnp.float32(memory),
       probe_every=jnp.int32(probe_every), switch_margin=jnp.float32(switch_margin),
       forced_gamma=jnp.int32(forced_gamma),
       max_iterations=jnp.int32(max_iterations), run_past_done=jnp.bool_(run_past_done))
+
+
+_POLICY_DEFAULTS = {name: parameter.default
+                    for name, parameter in inspect.signature(make_policy).parameters.items()
+                    if parameter.default is not inspect.Parameter.empty}
 
 
 @functools.lru_cache(maxsize=64)
@@ -201,10 +209,17 @@ def cached_policy(profile: CostProfile, max_gamma: int, **settings: Any) -> Auto
 @functools.lru_cache(maxsize=64)
 def _stays_plain(iteration_cost: tuple[float, ...], max_gamma: int,
                  settings: tuple[tuple[str, Any], ...]) -> bool:
-  policy = _cached_policy(iteration_cost, max_gamma, settings)
-  if int(policy.forced_gamma) >= 0:
-    return int(policy.forced_gamma) == 0 and not bool(policy.run_past_done)
-  return int(policy.probe_every) == 0 and int(init_state(policy).gamma) == 0
+  _cached_policy(iteration_cost, max_gamma, settings)  # checks the settings
+  # In NumPy (the arithmetic of `init_state`'s first choice): this may run under a trace.
+  options = {**_POLICY_DEFAULTS, **dict(settings)}
+  if options['forced_gamma'] >= 0:
+    return options['forced_gamma'] == 0 and not options['run_past_done']
+  if options['probe_every']:
+    return False
+  costs = np.asarray(iteration_cost[:max_gamma + 1], np.float32)
+  powers = np.float32(options['alpha_prior']) ** np.arange(costs.size, dtype=np.float32)
+  speed = np.cumsum(powers) / (costs / costs[0])
+  return bool(speed[0] * (1.0 + options['switch_margin']) >= speed.max())
 
 
 def stays_plain(profile: CostProfile, max_gamma: int, **settings: Any) -> bool:

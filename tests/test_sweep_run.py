@@ -98,7 +98,7 @@ def test_records_hold_sane_figures(sweep_run):
     # α pools β over the verified positions behind it (SpeculativeOutput.beta_count).
     per_batch = r['per_batch']
     assert r['alpha_beta'] == pytest.approx(sum(per_batch['beta_sum'])
-                                            / sum(per_batch['beta_count']))
+                                            / max(sum(per_batch['beta_count']), 1))
     if r['temperature'] == 0.0:
       # Greedy speculative output must equal the autoregressive output token for token.
       assert r['greedy_mismatched_rows'] == 0, r['key']
