@@ -126,6 +126,8 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
                            sampling: sampling_lib.SamplingConfig, eos_id: Array) -> DecodeOutput:
   batch = encoder_input_tokens.shape[0]
   encoded = cache_lib.encode(module, params, encoder_input_tokens)
+  request = speculative_loop.Request(encoded=encoded, encoder_input_tokens=encoder_input_tokens,
+                                     eos_id=eos_id)
   init = _AutoregressiveState(
       sequences=jnp.zeros((batch, max_decode_len + 2), jnp.int32),
       lengths=jnp.zeros((batch,), jnp.int32),
@@ -135,24 +137,12 @@ def _autoregressive_decode(module: nn.Module, params: Any, encoder_input_tokens:
       rng=rng)
 
   def body(state: _AutoregressiveState) -> _AutoregressiveState:
-    rng, step_rng = jax.random.split(state.rng)
-    last = drafters_lib.last_inputs(state.sequences, state.lengths)
-    logits, cache = cache_lib.decode_step(module, params, state.cache, encoded,
-                                          encoder_input_tokens, last[:, None])
-    token = sampling_lib.sample(step_rng, logits[:, 0], sampling)  # first_argmax when greedy
-    token = jnp.where(state.done, 0, token)
-    sequences = speculative_loop.append_at(state.sequences, token[:, None], state.lengths + 1)
-    lengths = state.lengths + (~state.done).astype(jnp.int32)
-    done = state.done | (token == eos_id) | (lengths >= max_decode_len)
-    return _AutoregressiveState(sequences, lengths, done, cache, rng)
+    return _AutoregressiveState(*speculative_loop.plain_step(
+        module, params, request, state.sequences, state.lengths, state.done, state.cache,
+        state.rng, max_decode_len=max_decode_len, sampling=sampling))
 
   final = jax.lax.while_loop(lambda state: ~jnp.all(state.done), body, init)
   return DecodeOutput(tokens=final.sequences[:, 1:max_decode_len + 1], lengths=final.lengths)
-
-
-# ------------------------------------------------------------------------------
-# Speculative decoding.
-# ------------------------------------------------------------------------------
 
 
 # ------------------------------------------------------------------------------

@@ -199,8 +199,12 @@ def _ready_drafter(state: SpeculativeState, policy: adaptive.AutoGamma, request:
 def _auto_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, gamma: int,
                   **iteration_args: Any) -> SpeculativeState:
   """Iterations at `gamma`, each folded into the policy's estimate, while it keeps choosing γ."""
-  state = _ready_drafter(state, policy, iteration_args['request'], iteration_args['drafter'],
+  drafter = iteration_args['drafter']
+  state = _ready_drafter(state, policy, iteration_args['request'], drafter,
                          iteration_args['max_decode_len'])
+  if gamma:  # plain steps before this segment left the drafter behind
+    state = state.replace(drafter_state=drafters_lib.catch_up(
+        drafter, state.drafter_state, state.sequences, state.lengths))
 
   def body(state: SpeculativeState) -> SpeculativeState:
     new = iteration(state, gamma=gamma, **iteration_args)
@@ -215,10 +219,33 @@ def _auto_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, gamma:
   return jax.lax.while_loop(cond, body, state)
 
 
+def plain_step(target_module: nn.Module, target_params: Any, request: Request,
+               sequences: Array, lengths: Array, done: Array, cache: Any, rng: Array, *,
+               max_decode_len: int, sampling: sampling_lib.SamplingConfig
+               ) -> tuple[Array, Array, Array, Any, Array]:
+  """One autoregressive step for every row: the baseline's body, and γ = 0 of gamma='auto'.
+
+  The target cache advances one position in every row, finished ones too
+  (their junk is never read). A finished row emits 0 and keeps its length.
+
+  Returns:
+    `(sequences, lengths [B], done [B], cache, rng)` after the step.
+  """
+  rng, step_rng = jax.random.split(rng)
+  last = drafters_lib.last_inputs(sequences, lengths)
+  logits, cache = cache_lib.decode_step(target_module, target_params, cache, request.encoded,
+                                        request.encoder_input_tokens, last[:, None])
+  token = jnp.where(done, 0, sampling_lib.sample(step_rng, logits[:, 0], sampling))
+  sequences = append_at(sequences, token[:, None], lengths + 1)
+  lengths = lengths + (~done).astype(jnp.int32)
+  done = done | (token == request.eos_id) | (lengths >= max_decode_len)
+  return sequences, lengths, done, cache, rng
+
+
 def _plain_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, request: Request,
                    target_module: nn.Module, target_params: Any, drafter: drafters_lib.Drafter,
                    max_decode_len: int, sampling: sampling_lib.SamplingConfig) -> SpeculativeState:
-  """γ = 0 while the policy keeps choosing it: the autoregressive step and nothing else.
+  """γ = 0 while the policy keeps choosing it: `plain_step` and nothing else.
 
   `iteration(gamma=0)` would also verify, count and rewind; here the target
   cache simply advances one position per step (a finished row's junk is
@@ -228,18 +255,12 @@ def _plain_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, reque
   del drafter  # catches up when it next proposes
 
   def body(state: SpeculativeState) -> SpeculativeState:
-    rng, step_rng = jax.random.split(state.rng)
-    last = drafters_lib.last_inputs(state.sequences, state.lengths)
-    logits, cache = cache_lib.decode_step(target_module, target_params, state.target_cache,
-                                          request.encoded, request.encoder_input_tokens,
-                                          last[:, None])
-    token = jnp.where(state.done, 0, sampling_lib.sample(step_rng, logits[:, 0], sampling))
-    active = (~state.done).astype(jnp.int32)
-    lengths = state.lengths + active
+    sequences, lengths, done, cache, rng = plain_step(
+        target_module, target_params, request, state.sequences, state.lengths, state.done,
+        state.target_cache, state.rng, max_decode_len=max_decode_len, sampling=sampling)
     return state.replace(
-        sequences=append_at(state.sequences, token[:, None], state.lengths + 1),
-        lengths=lengths, target_cache=cache, rng=rng, iterations=state.iterations + active,
-        done=state.done | (token == request.eos_id) | (lengths >= max_decode_len),
+        sequences=sequences, lengths=lengths, done=done, target_cache=cache, rng=rng,
+        iterations=state.iterations + (~state.done).astype(jnp.int32),
         policy=adaptive.update(policy, state.policy, 0))
 
   def cond(state: SpeculativeState) -> Array:

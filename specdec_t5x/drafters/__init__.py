@@ -16,6 +16,7 @@ from specdec_t5x.drafters.base import (
     Drafter,
     ExtraPositionsDrafter,
     align_logits,
+    catch_up,
     check_vocab_compatible,
     draw,
     last_inputs,
@@ -49,7 +50,7 @@ __all__ = [
     'BUILDERS', 'DEFAULT_SMOOTHING', 'VOCAB_PADDING_MULTIPLE', 'BigramDrafter', 'DraftUnavailable',
     'Drafter', 'DrafterSpec', 'ExtraPositionsDrafter', 'ModelDraftState', 'ModelDrafter',
     'NgramCounts', 'PassDraftState', 'PassDrafter', 'UnigramDrafter', 'align_logits',
-    'build_drafter', 'check_vocab_compatible', 'draw', 'for_gamma', 'last_inputs',
+    'build_drafter', 'catch_up', 'check_vocab_compatible', 'draw', 'for_gamma', 'last_inputs',
     'load_counts', 'load_drafters', 'load_pass_drafter', 'num_extra_positions',
     'read_drafter_file', 'save_counts',
 ]

@@ -10,6 +10,11 @@ pytree (its arrays are traced, its structure static) with three methods:
 * `accept(state, sequences, lengths) -> state`: told the new lengths after
   verification, so it can rewind its own state.
 
+A drafter whose state follows the sequence (a draft model's cache) may also
+have `catch_up(state, sequences, lengths) -> state`: with `gamma='auto'`
+plain target steps leave it behind, and the loop calls it (`catch_up` here)
+once before the first proposal after them, never on a fixed γ's hot path.
+
 `sequences [batch, S]` holds the decoder inputs: BOS (0) at index 0, then the
 emitted tokens, so `sequences[b, lengths[b]]` is the last known input of row b.
 
@@ -87,6 +92,12 @@ class ExtraPositionsDrafter(Drafter, Protocol):
 
   def observe_extra_logits(self, state: Any, logits: Array) -> Any:
     ...
+
+
+def catch_up(drafter: Drafter, state: Any, sequences: Array, lengths: Array) -> Any:
+  """`drafter.catch_up(...)` when it has one: its state brought up to `lengths [batch]`."""
+  method = getattr(drafter, 'catch_up', None)
+  return state if method is None else method(state, sequences, lengths)
 
 
 def num_extra_positions(drafter: Drafter) -> int:

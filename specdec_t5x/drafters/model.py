@@ -38,8 +38,8 @@ class ModelDrafter:
   re-feeding one position (an overwrite) is cheaper than a branch.
 
   After plain target steps (γ = 0 of `gamma='auto'`) the cache lags behind:
-  `accept` then keeps its position, and the next proposal first feeds the
-  missing inputs, `CATCH_UP_POSITIONS` per call (`_catch_up`).
+  `accept` then keeps its position, and the loop calls `catch_up` before the
+  next proposal, which feeds the missing inputs `CATCH_UP_POSITIONS` per call.
   """
 
   module: nn.Module = struct.field(pytree_node=False)
@@ -60,8 +60,8 @@ class ModelDrafter:
                                           state.encoder_input_tokens, tokens)
     return logits, state.replace(cache=cache)
 
-  def _catch_up(self, state: ModelDraftState, sequences: Array,
-                lengths: Array) -> ModelDraftState:
+  def catch_up(self, state: ModelDraftState, sequences: Array,
+               lengths: Array) -> ModelDraftState:
     """Feeds the inputs the cache lacks before `lengths - 1`, a block of positions per call.
 
     Every row's block ends at or before its last known input (`lengths`), so
@@ -85,7 +85,6 @@ class ModelDrafter:
   def propose(self, state: ModelDraftState, sequences: Array, lengths: Array, gamma: int,
               sampling: sampling_lib.SamplingConfig, vocab_size: int,
               rng: Array) -> tuple[Array, Array, ModelDraftState]:
-    state = self._catch_up(state, sequences, lengths)
     start = jnp.maximum(lengths - 1, 0)
     pair = jnp.stack([base.last_inputs(sequences, start), base.last_inputs(sequences, start + 1)],
                      axis=1)
