@@ -24,9 +24,9 @@ the wait. Probes are off by default: on the CPU family a probe (the draft's
 first use in the request, its catching up, one γ = 1 iteration) cost ~3
 target steps, 7% of a 25-token request that then stayed at γ = 0 (measured
 2026-12-02); a request that starts at γ = 0 stays there. A caller that
-decodes many requests can carry α over in `alpha_prior` (the last request's
-`beta_mean`, pooled by `beta_count`). The current γ is kept unless another
-is expected to be `switch_margin` faster.
+decodes many requests carries the estimate from one to the next with
+`carry_alpha`, so that only the first starts from the bare prior. The
+current γ is kept unless another is expected to be `switch_margin` faster.
 
 Outputs stay exact whatever γ is chosen: speculative sampling returns the
 target's distribution for any γ, and here γ depends only on the past.
@@ -41,7 +41,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -230,6 +230,43 @@ def stays_plain(profile: CostProfile, max_gamma: int, **settings: Any) -> bool:
   speed as the baseline).
   """
   return _stays_plain(profile.iteration_cost, max_gamma, tuple(sorted(settings.items())))
+
+
+def carry_alpha(beta_mean: Any, beta_count: Any, settings: Mapping[str, Any] | None = None,
+                ) -> dict[str, Any]:
+  """`settings` for the next request: its prior is this request's running estimate of α.
+
+  The estimate continues as the loop keeps it: the prior (`alpha_prior`,
+  worth `prior_weight` positions) decays by `1 - 1/memory` per verified
+  position, and the request's n positions (each row's `beta_mean` over its
+  `beta_count`) join with their decayed weight, `memory·(1 - (1 - 1/memory)^n)`,
+  at their pooled mean (the loop weighs its latest positions a little more;
+  the outputs do not say which those were). The weight tends to `memory`.
+  A request with no verified positions (it stayed at γ = 0) leaves
+  the prior as it was.
+
+  Args:
+    beta_mean, beta_count: `[B]` each, from the request's `SpeculativeOutput`.
+    settings: the request's `auto_settings` (None: the defaults).
+
+  Returns:
+    `settings` with `alpha_prior` and `prior_weight` replaced.
+  """
+  options = {**_POLICY_DEFAULTS, **(settings or {})}
+  count = np.asarray(beta_count, np.float64)
+  positions = float(count.sum())
+  if not positions:
+    return dict(settings or {})
+  request_alpha = float(np.sum(np.asarray(beta_mean, np.float64) * count)) / positions
+  memory, prior_weight = float(options['memory']), float(options['prior_weight'])
+  keep = (1.0 - 1.0 / memory) ** positions
+  request_weight = memory * (1.0 - keep)
+  weight = keep * prior_weight + request_weight
+  alpha = (keep * prior_weight * float(options['alpha_prior'])
+           + request_weight * request_alpha) / weight
+  # make_policy takes alpha_prior < 1 (a draft that always agrees reaches 1).
+  alpha = min(alpha, float(np.nextafter(np.float32(1.0), np.float32(0.0))))
+  return {**(settings or {}), 'alpha_prior': float(alpha), 'prior_weight': float(weight)}
 
 
 @struct.dataclass

@@ -202,6 +202,9 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
       `adaptive.make_policy` (alpha_prior, prior_weight, memory, probe_every,
       switch_margin). A policy that starts at γ = 0 and cannot leave it (no
       probes) runs `autoregressive_decode` itself (`adaptive.stays_plain`).
+      Decoding many requests, pass `adaptive.carry_alpha(out.beta_mean,
+      out.beta_count, settings)` of one to the next: α is then learnt once,
+      not from the prior in every request.
 
   Returns:
     `SpeculativeOutput` with tokens, lengths and per-row acceptance statistics.

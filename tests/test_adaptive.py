@@ -113,3 +113,24 @@ def test_measured_costs_are_made_non_decreasing():
   assert calibration.monotone_costs([1.0, 1.6, 1.5, 1.9, 1.7, 2.3]) == pytest.approx(
       [1.0, 1.55, 1.55, 1.8, 1.8, 2.3])
   assert calibration.monotone_costs([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+
+
+def test_carried_alpha_continues_the_running_estimate():
+  settings = dict(alpha_prior=0.5, prior_weight=4.0, memory=32.0, switch_margin=0.05)
+  # Nothing verified (the request stayed at γ = 0): the prior is kept.
+  assert adaptive.carry_alpha(np.zeros(3), np.zeros(3, int), settings) == settings
+  # A few positions move it part of the way, weighted as the loop weighs them.
+  few = adaptive.carry_alpha(np.array([0.1, 0.1]), np.array([2, 2]), settings)
+  keep = (1 - 1 / 32) ** 4
+  weight = 4 * keep + 32 * (1 - keep)
+  assert few['prior_weight'] == pytest.approx(weight)
+  assert few['alpha_prior'] == pytest.approx((2 * keep + 0.1 * 32 * (1 - keep)) / weight)
+  assert few['switch_margin'] == 0.05  # other settings pass through
+  # Many positions: the request's pooled mean (rows weighted by their counts), weight -> memory.
+  many = adaptive.carry_alpha(np.array([0.2, 0.6]), np.array([3000, 1000]), few)
+  assert many['alpha_prior'] == pytest.approx(0.3, abs=1e-6)
+  assert many['prior_weight'] == pytest.approx(32.0)
+  # A draft that always agrees still gives a prior make_policy takes.
+  perfect = adaptive.carry_alpha(np.ones(2), np.array([500, 500]))
+  assert 0.999 < perfect['alpha_prior'] < 1.0
+  adaptive.make_policy(adaptive.CostProfile(COSTS), 4, **perfect)

@@ -137,3 +137,27 @@ def test_a_policy_that_stays_at_plain_steps_is_the_autoregressive_loop():
   assert_same(expected, got)
   np.testing.assert_array_equal(np.asarray(got.gamma_iterations)[:, 0], expected.lengths)
   assert int(np.sum(got.draft_iterations)) == 0
+
+
+def test_alpha_carried_to_the_next_request_keeps_a_poor_draft_off():
+  """A first request learns that the draft disagrees; the next one starts (and stays) plain."""
+  settings = dict(probe_every=0, memory=8.0)
+  expected, first = decode_both(2, 'unrelated', SWITCHING, **settings)
+  assert_same(expected, first)
+  assert int(np.sum(first.draft_iterations)) >= 1  # the prior α = 0.5 speculated
+  carried = adaptive.carry_alpha(first.beta_mean, first.beta_count, settings)
+  assert carried['alpha_prior'] < 0.4 and adaptive.stays_plain(SWITCHING, 5, **carried)
+  expected, second = decode_both(2, 'unrelated', SWITCHING, seed=1, **carried)
+  assert_same(expected, second)
+  assert int(np.sum(second.draft_iterations)) == 0
+
+
+def test_alpha_carried_from_a_good_draft_speculates_at_once():
+  settings = dict(probe_every=0, alpha_prior=0.1, prior_weight=2.0)
+  _, first = decode_both(2, 'self', CHEAP, **settings)
+  carried = adaptive.carry_alpha(first.beta_mean, first.beta_count, settings)
+  assert carried['alpha_prior'] > 0.9
+  expected, second = decode_both(2, 'self', SWITCHING, seed=1, **carried)
+  assert_same(expected, second)
+  counts = np.asarray(second.gamma_iterations)
+  assert counts[:, 0].sum() == 0 and counts[:, 5].sum() >= 1, counts

@@ -88,6 +88,10 @@ def test_records_hold_sane_figures(sweep_run):
       assert sum(r['gamma_iterations']) == sum(r['per_batch']['iterations']) > 0
       assert len(r['cost_profile']['iteration_cost']) == r['max_gamma'] + 1
       assert 1.0 <= r['tokens_per_iteration'] <= r['max_gamma'] + 1
+      # α is carried from batch to batch: the first starts from the default prior.
+      priors = r['alpha_priors']
+      assert len(priors) == r['num_inputs'] // r['batch'] and priors[0] is None
+      assert all(p is None or 0.0 <= p < 1.0 for p in priors[1:])
     else:
       assert 0.0 <= r['alpha_acceptance'] <= 1.0
       assert r['c'] > 0 and r['scoring_cost'] > 0 and r['target_step_ms'] > 0

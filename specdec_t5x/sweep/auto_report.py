@@ -79,7 +79,9 @@ def auto_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> 
   return '\n\n'.join([
       "## gamma='auto': γ chosen in the loop",
       "`speculative_decode(gamma='auto', max_gamma=G)` picks γ ∈ {0..G} before every "
-      'iteration from a running α (over the verified positions so far, all rows pooled) and '
+      'iteration from a running α (over the verified positions so far, all rows pooled, '
+      'carried from batch to batch as a caller decoding a stream would: '
+      '`adaptive.carry_alpha`; the first batch starts from the prior α = 0.5) and '
       "the cell's cost profile (one loop iteration at each γ over one at γ = 0, measured on "
       'the loop itself on the first batch before the timed decodes: '
       '`specdec_t5x.calibration`); γ = 0 is a plain target step. **auto / best fixed** is '

@@ -18,6 +18,9 @@ from specdec_t5x import adaptive, checkpoints, sampling
 from specdec_t5x.sweep.config import SweepConfig, TaskSpec, expand_path
 
 STORE_SCHEMA = 1
+# How auto cells are measured; a new value re-measures them. 2: α is carried from
+# batch to batch (`measure._carried_settings`), the first starting from the prior.
+AUTO_METHOD = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Cell:
     fields = dataclasses.asdict(self)
     if fields['max_gamma'] is None:  # fixed-γ cells keep the fingerprints they had
       del fields['max_gamma']
+    else:
+      fields['auto_method'] = AUTO_METHOD
     return fields
 
   @property

@@ -5,6 +5,8 @@ and the jitted `autoregressive_decode`, interleaved (which goes first
 alternates), after compilation and warm-up; then `bench.timing.step_costs`
 times one target step, one scoring call and one proposal on its first batch.
 `summarize_cell` turns the per-batch figures into the record the store keeps.
+An auto cell measures its cost profile first and carries α from batch to
+batch (`_carry_alpha_over`), as a caller decoding a stream of requests would.
 """
 
 from __future__ import annotations
@@ -42,13 +44,22 @@ def _decode_rng(seed: int, index: int) -> jax.Array:
 
 
 def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
-                  batches: np.ndarray,
-                  profile: adaptive.CostProfile | None = None) -> tuple[Run, Run]:
-  """Timed calls of both decoders on batch `index` of `batches [num_batches, B, L]`."""
+                  batches: np.ndarray, profile: adaptive.CostProfile | None = None,
+                  auto_settings: Sequence[Mapping[str, Any]] = ()) -> tuple[Run, Run]:
+  """Timed calls of both decoders on batch `index` of `batches [num_batches, B, L]`.
+
+  An auto cell decodes batch `index` with `auto_settings[index]` (read at
+  call time), or the defaults past its end.
+  """
   config = context.config
   common = dict(max_decode_len=config.tasks[cell.task].max_decode_len, eos_id=EOS_ID,
                 temperature=cell.temperature, top_k=config.top_k, top_p=config.top_p)
   auto = dict(max_gamma=cell.max_gamma, cost_profile=profile) if cell.is_auto else {}
+
+  def settings(index: int) -> dict[str, Any]:
+    if not cell.is_auto:
+      return {}
+    return {'auto_settings': auto_settings[index] if index < len(auto_settings) else {}}
 
   def autoregressive(index: int) -> tuple[float, Any]:
     return timing.timed(lambda: decoding.autoregressive_decode(
@@ -58,9 +69,23 @@ def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafte
   def speculative(index: int) -> tuple[float, Any]:
     return timing.timed(lambda: decoding.speculative_decode(
         target.module, target.params, drafter, batches[index], gamma=cell.gamma,
-        rng=_decode_rng(config.seed, index), **auto, **common))
+        rng=_decode_rng(config.seed, index), **auto, **settings(index), **common))
 
   return autoregressive, speculative
+
+
+def _carry_alpha_over(cell: Cell, speculative: Run, auto_settings: list[dict[str, Any]]) -> None:
+  """Fills `auto_settings` (one per batch) as a caller decoding the batches in turn would.
+
+  Batch i's prior is the running estimate of α after batches 0..i-1
+  (`adaptive.carry_alpha`), from one untimed pass in order; batch 0 starts
+  from the default prior. The estimate never sees the batch it is used on.
+  """
+  auto_settings[:] = [{}]
+  for index in range(cell.num_batches - 1):
+    _, out = speculative(index)
+    auto_settings.append(adaptive.carry_alpha(out.beta_mean, out.beta_count,
+                                              auto_settings[index]))
 
 
 def add_batch(rows: dict[str, list], ar_s: float, ar: decoding.DecodeOutput, spec_s: float,
@@ -154,10 +179,14 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   started = time.perf_counter()
   profile, calibration_s = (_cell_profile(cell, context, target, drafter, batches[0])
                             if cell.is_auto else (None, None))
-  autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches, profile)
+  auto_settings: list[dict[str, Any]] = []
+  autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches, profile,
+                                              auto_settings)
   # The first call compiles (or loads from the persistent cache); then warm up.
   first_autoregressive_s, first = autoregressive(0)
   first_speculative_s, _ = speculative(0)
+  if cell.is_auto:
+    _carry_alpha_over(cell, speculative, auto_settings)
   for _ in range(config.timing.warmup_runs):
     autoregressive(0)
     speculative(0)
@@ -172,7 +201,8 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
       input_length=int(inputs.shape[1]), max_decode_len=task.max_decode_len,
       wall_s=time.perf_counter() - started)
   if cell.is_auto:
-    record.update(cost_profile=profile.to_json(), calibration_s=calibration_s)
+    record.update(cost_profile=profile.to_json(), calibration_s=calibration_s,
+                  alpha_priors=[settings.get('alpha_prior') for settings in auto_settings])
   return record
 
 
