@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   profile.save(args.output)
   costs = ', '.join(f'{g}: {c:.2f}' for g, c in enumerate(profile.iteration_cost))
   print(f'iteration cost over a plain step by γ: {costs}')
+  print(f"the draft's first use in a request: {profile.start_cost:.2f} plain steps")
   print(f"measured in {profile.details['measure_s']} s after {profile.details['compile_s']} s "
         f'of compilation; wrote {args.output}')
 

@@ -13,7 +13,11 @@ a running estimate of the acceptance rate over the verified positions of the
 request so far (all rows pooled: one γ serves the whole batch), and `cost(γ)`
 is one loop iteration at γ over one at γ = 0, from a cost profile
 (`specdec_t5x.calibration`: measured on the loop itself, or built from c and
-the scoring-cost curve with `CostProfile.from_theory`).
+the scoring-cost curve with `CostProfile.from_theory`). Leaving γ = 0 (and
+so starting to speculate) also pays the profile's `start_cost` once, the
+draft's first use: it is worth it only if the tokens left can win it back,
+so from γ = 0 a γ > 0 counts at speed(γ) / (1 + speed(γ)·start_cost / H),
+with H the positions the longest-running row may still emit.
 
 The estimate starts from a prior (`alpha_prior`, worth `prior_weight`
 verified positions) and forgets old positions at rate `1 / memory`. While γ
@@ -71,11 +75,15 @@ class CostProfile:
     key: what the profile was measured for (`calibration.profile_key`), or
       None for a profile given by hand; checked against the call it is used in.
     details: free-form facts about the measurement (date, machine, rounds).
+    start_cost: what a request pays once, in plain steps, when it first
+      speculates, beyond that iteration's cost: the draft's encoder and
+      set-up.
   """
 
   iteration_cost: tuple[float, ...]
   key: str | None = None
   details: dict[str, Any] = dataclasses.field(default_factory=dict)
+  start_cost: float = 0.0
 
   def __post_init__(self):
     costs = tuple(float(x) for x in self.iteration_cost)
@@ -84,7 +92,10 @@ class CostProfile:
                        f'{len(costs)} value(s)')
     if not all(math.isfinite(x) and x > 0 for x in costs):
       raise ValueError(f'iteration costs must be finite and > 0, got {costs}')
+    if not (math.isfinite(self.start_cost) and self.start_cost >= 0):
+      raise ValueError(f'start_cost must be finite and >= 0, got {self.start_cost!r}')
     object.__setattr__(self, 'iteration_cost', costs)
+    object.__setattr__(self, 'start_cost', float(self.start_cost))
 
   @property
   def max_gamma(self) -> int:
@@ -118,7 +129,7 @@ class CostProfile:
 
   def to_json(self) -> dict[str, Any]:
     return {'format': PROFILE_FORMAT, 'iteration_cost': list(self.iteration_cost),
-            'key': self.key, 'details': self.details}
+            'start_cost': self.start_cost, 'key': self.key, 'details': self.details}
 
   def save(self, path: str | os.PathLike) -> None:
     pathlib.Path(path).write_text(json.dumps(self.to_json(), indent=1) + '\n')
@@ -134,7 +145,8 @@ class CostProfile:
     if not isinstance(record, dict) or record.get('format') != PROFILE_FORMAT:
       raise ValueError(f'{path} is not a cost profile of specdec_t5x (format {PROFILE_FORMAT})')
     return cls(tuple(record['iteration_cost']), key=record.get('key'),
-               details=record.get('details') or {})
+               details=record.get('details') or {},
+               start_cost=record.get('start_cost', 0.0))  # older files: none measured
 
 
 @struct.dataclass
@@ -147,6 +159,7 @@ class AutoGamma:
   """
 
   iteration_cost: Array  # [max_gamma + 1] float32
+  start_cost: Array      # [] float32, in plain steps (`CostProfile.start_cost`)
   alpha_prior: Array     # [] float32
   prior_weight: Array    # [] float32, in verified positions
   memory: Array          # [] float32, in verified positions
@@ -180,7 +193,8 @@ def make_policy(profile: CostProfile, max_gamma: int, *, alpha_prior: float = 0.
   # NumPy first, so that a policy made while a function is traced holds no tracer.
   costs = np.asarray(profile.iteration_cost[:max_gamma + 1], np.float32)
   return AutoGamma(
-      iteration_cost=jnp.asarray(costs / costs[0]), alpha_prior=jnp.float32(alpha_prior),
+      iteration_cost=jnp.asarray(costs / costs[0]),
+      start_cost=jnp.float32(profile.start_cost), alpha_prior=jnp.float32(alpha_prior),
       prior_weight=jnp.float32(prior_weight), memory=jnp.float32(memory),
       probe_every=jnp.int32(probe_every), switch_margin=jnp.float32(switch_margin),
       forced_gamma=jnp.int32(forced_gamma),
@@ -193,9 +207,10 @@ _POLICY_DEFAULTS = {name: parameter.default
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_policy(iteration_cost: tuple[float, ...], max_gamma: int,
+def _cached_policy(iteration_cost: tuple[float, ...], start_cost: float, max_gamma: int,
                    settings: tuple[tuple[str, Any], ...]) -> AutoGamma:
-  return make_policy(CostProfile(iteration_cost), max_gamma, **dict(settings))
+  return make_policy(CostProfile(iteration_cost, start_cost=start_cost), max_gamma,
+                     **dict(settings))
 
 
 def cached_policy(profile: CostProfile, max_gamma: int, **settings: Any) -> AutoGamma:
@@ -203,13 +218,26 @@ def cached_policy(profile: CostProfile, max_gamma: int, **settings: Any) -> Auto
 
   Building the eight scalars anew costs ~0.3 ms a call on CPU, ~1% of a short request.
   """
-  return _cached_policy(profile.iteration_cost, max_gamma, tuple(sorted(settings.items())))
+  return _cached_policy(profile.iteration_cost, profile.start_cost, max_gamma,
+                        tuple(sorted(settings.items())))
+
+
+def _effective_speed(speed: Any, start_cost: Any, remaining: Any) -> Any:
+  """`speed [G + 1]` from γ = 0: a γ > 0 pays `start_cost` once over `remaining` positions.
+
+  `remaining` tokens take `remaining / speed` plain steps speculating, plus
+  the start: the speed over both is `speed / (1 + speed·start_cost/remaining)`.
+  (NumPy or jnp alike: `_stays_plain` runs it in NumPy, the loop in jnp.)
+  """
+  paid = speed / (1.0 + speed * start_cost / (remaining + 1e-6))
+  speculates = np.arange(speed.shape[0]) > 0  # [G + 1]: γ > 0
+  return paid * speculates + speed * ~speculates
 
 
 @functools.lru_cache(maxsize=64)
-def _stays_plain(iteration_cost: tuple[float, ...], max_gamma: int,
-                 settings: tuple[tuple[str, Any], ...]) -> bool:
-  _cached_policy(iteration_cost, max_gamma, settings)  # checks the settings
+def _stays_plain(iteration_cost: tuple[float, ...], start_cost: float, max_gamma: int,
+                 max_decode_len: int, settings: tuple[tuple[str, Any], ...]) -> bool:
+  _cached_policy(iteration_cost, start_cost, max_gamma, settings)  # checks the settings
   # In NumPy (the arithmetic of `init_state`'s first choice): this may run under a trace.
   options = {**_POLICY_DEFAULTS, **dict(settings)}
   if options['forced_gamma'] >= 0:
@@ -218,18 +246,21 @@ def _stays_plain(iteration_cost: tuple[float, ...], max_gamma: int,
     return False
   costs = np.asarray(iteration_cost[:max_gamma + 1], np.float32)
   powers = np.float32(options['alpha_prior']) ** np.arange(costs.size, dtype=np.float32)
-  speed = np.cumsum(powers) / (costs / costs[0])
+  speed = _effective_speed(np.cumsum(powers) / (costs / costs[0]), np.float32(start_cost),
+                           np.float32(max_decode_len))
   return bool(speed[0] * (1.0 + options['switch_margin']) >= speed.max())
 
 
-def stays_plain(profile: CostProfile, max_gamma: int, **settings: Any) -> bool:
+def stays_plain(profile: CostProfile, max_gamma: int, max_decode_len: int,
+                **settings: Any) -> bool:
   """Whether the policy picks γ = 0 first and can never leave it (no probes, α frozen).
 
   Then the whole request is plain target steps: the autoregressive loop, which
   `decoding.speculative_decode` runs instead (the same program, so the same
   speed as the baseline).
   """
-  return _stays_plain(profile.iteration_cost, max_gamma, tuple(sorted(settings.items())))
+  return _stays_plain(profile.iteration_cost, profile.start_cost, max_gamma, max_decode_len,
+                      tuple(sorted(settings.items())))
 
 
 def carry_alpha(beta_mean: Any, beta_count: Any, settings: Mapping[str, Any] | None = None,
@@ -278,14 +309,15 @@ class PolicyState:
   zero_run: Array    # [] int32: consecutive iterations at γ = 0
   probe_interval: Array  # [] int32: plain steps before the next probe
   steps: Array       # [] int32: iterations so far
+  remaining: Array   # [] float32: positions the longest-running row may still emit
   gamma: Array       # [] int32: the γ of the next iteration (`choose_gamma`)
 
 
-def init_state(policy: AutoGamma) -> PolicyState:
+def init_state(policy: AutoGamma, max_decode_len: int) -> PolicyState:
   state = PolicyState(beta_sum=policy.alpha_prior * policy.prior_weight,
                       beta_weight=policy.prior_weight, zero_run=jnp.int32(0),
                       probe_interval=policy.probe_every, steps=jnp.int32(0),
-                      gamma=jnp.int32(0))
+                      remaining=jnp.float32(max_decode_len), gamma=jnp.int32(0))
   return state.replace(gamma=choose_gamma(policy, state))
 
 
@@ -302,6 +334,9 @@ def expected_speed(alpha: Array, iteration_cost: Array) -> Array:
 def _decide(policy: AutoGamma, state: PolicyState) -> tuple[Array, Array, Array]:
   """`(gamma, best, probe)`: the next γ, the fastest by the estimate, whether γ is a probe."""
   speed = expected_speed(alpha_estimate(state), policy.iteration_cost)
+  # From γ = 0 (also at the start) speculating first pays the draft's start.
+  speed = jnp.where(state.gamma == 0,
+                    _effective_speed(speed, policy.start_cost, state.remaining), speed)
   best = jnp.argmax(speed).astype(jnp.int32)
   best = jnp.where(speed[state.gamma] * (1.0 + policy.switch_margin) >= speed[best],
                    state.gamma, best)
@@ -324,9 +359,11 @@ def choose_gamma(policy: AutoGamma, state: PolicyState) -> Array:
   return _decide(policy, state)[0]
 
 
-def update(policy: AutoGamma, state: PolicyState, gamma: int, beta_sum: Array | float = 0.0,
-           beta_count: Array | int = 0) -> PolicyState:
+def update(policy: AutoGamma, state: PolicyState, gamma: int, remaining: Array,
+           beta_sum: Array | float = 0.0, beta_count: Array | int = 0) -> PolicyState:
   """Folds an iteration at `gamma` in (`beta_sum`, `beta_count`: batch totals); picks the next γ.
+
+  `remaining []` is how many positions the longest-running row may still emit.
 
   The choice is made here, in the loop's body, and read by its condition: a
   condition that computes it costs XLA:CPU ~0.08 ms per iteration (measured
@@ -338,7 +375,7 @@ def update(policy: AutoGamma, state: PolicyState, gamma: int, beta_sum: Array | 
                     beta_weight=keep * state.beta_weight + count,
                     zero_run=state.zero_run + 1 if gamma == 0 else jnp.int32(0),
                     probe_interval=state.probe_interval, steps=state.steps + 1,
-                    gamma=state.gamma)
+                    remaining=jnp.asarray(remaining, jnp.float32), gamma=state.gamma)
   choice, best, probe = _decide(policy, new)
   backed_off = jnp.minimum(2 * new.probe_interval, MAX_PROBE_BACKOFF * policy.probe_every)
   interval = jnp.where(probe, backed_off, jnp.where(best > 0, policy.probe_every,

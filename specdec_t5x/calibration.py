@@ -8,8 +8,11 @@ long run (sized to last about `SAMPLE_S`) minus that of
 `SHORT_RUN` iterations, over their difference, cancels the encoder, the
 cache set-up and the dispatch. Rounds
 time every γ once in a fresh random order and the ratios are paired within a
-round (the machine may be shared). It takes a few seconds after compilation,
-which the decoding call that follows reuses.
+round (the machine may be shared). The short runs also give the profile's
+`start_cost`: a one-iteration run at γ = 1 less one at γ = 0 is the draft's
+first use (its encoder and set-up) plus the difference of one iteration.
+It takes a few seconds after compilation, which the decoding call that
+follows reuses.
 
 The cost depends on the models, the batch size, the encoder and decode
 lengths, the sampling settings and the hardware, which make up the profile's
@@ -134,22 +137,25 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
   order = random.Random(seed)
   ratios: list[list[float]] = [[] for _ in range(max_gamma + 1)]
+  starts: list[float] = []
   for _ in range(rounds):
-    per_iteration = [0.0] * (max_gamma + 1)
+    per_iteration, short = [0.0] * (max_gamma + 1), [0.0] * (max_gamma + 1)
     gammas = list(range(max_gamma + 1))
     order.shuffle(gammas)
     for gamma in gammas:
-      short = _run_time(run, gamma, SHORT_RUN)
+      short[gamma] = _run_time(run, gamma, SHORT_RUN)
       long = _run_time(run, gamma, long_runs[gamma])
-      per_iteration[gamma] = max(long - short, 1e-9) / (long_runs[gamma] - SHORT_RUN)
+      per_iteration[gamma] = max(long - short[gamma], 1e-9) / (long_runs[gamma] - SHORT_RUN)
     for gamma in range(max_gamma + 1):
       ratios[gamma].append(per_iteration[gamma] / per_iteration[0])
+    starts.append((short[1] - short[0] - SHORT_RUN * (per_iteration[1] - per_iteration[0]))
+                  / per_iteration[0])
   batch, encoder_length = encoder_input_tokens.shape
   key = profile_key(target_module, target_params, drafter, batch, encoder_length,
                     max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
   medians = [statistics.median(r) for r in ratios]
   return adaptive.CostProfile(
-      tuple(monotone_costs(medians)), key=key,
+      tuple(monotone_costs(medians)), key=key, start_cost=max(statistics.median(starts), 0.0),
       details={'measured': datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec='seconds'),
                'rounds': rounds, 'iterations': [SHORT_RUN, long_runs],
@@ -157,6 +163,7 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                'measure_s': round(time.perf_counter() - started - compiled_s, 2),
                'ratio_medians': [round(m, 4) for m in medians],
                'ratio_range': [[round(min(r), 3), round(max(r), 3)] for r in ratios],
+               'start_cost_range': [round(min(starts), 3), round(max(starts), 3)],
                'cpu_count': os.cpu_count()})
 
 

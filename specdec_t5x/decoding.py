@@ -234,7 +234,7 @@ def _auto_decode(drafter: drafters_lib.Drafter, *, target_module: nn.Module, tar
   profile = calibration.resolve_profile(
       cost_profile, target_module, target_params, drafter, encoder_input_tokens,
       max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
-  if adaptive.stays_plain(profile, max_gamma, **settings):
+  if adaptive.stays_plain(profile, max_gamma, max_decode_len, **settings):
     return _plain_output(_autoregressive_decode(
         target_module, target_params, encoder_input_tokens, rng, max_decode_len=max_decode_len,
         sampling=sampling, eos_id=eos_id), max_gamma)

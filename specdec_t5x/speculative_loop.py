@@ -185,6 +185,11 @@ def _cache_length(drafter: drafters_lib.Drafter, max_gamma: int, max_decode_len:
   return max_decode_len + max_gamma + 1 + drafters_lib.num_extra_positions(drafter)
 
 
+def _remaining(lengths: Array, done: Array, max_decode_len: int) -> Array:
+  """`[]`: the positions the longest-running unfinished row may still emit (0 when all are done)."""
+  return jnp.max(jnp.where(done, 0, max_decode_len - lengths))
+
+
 def _ready_drafter(state: SpeculativeState, policy: adaptive.AutoGamma, request: Request,
                    drafter: drafters_lib.Drafter, max_decode_len: int) -> SpeculativeState:
   """Initializes the drafter on its first proposal (a request at γ = 0 never pays for it)."""
@@ -208,8 +213,9 @@ def _auto_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, gamma:
 
   def body(state: SpeculativeState) -> SpeculativeState:
     new = iteration(state, gamma=gamma, **iteration_args)
+    remaining = _remaining(new.lengths, new.done, iteration_args['max_decode_len'])
     return new.replace(policy=adaptive.update(
-        policy, state.policy, gamma, jnp.sum(new.beta_sum - state.beta_sum),
+        policy, state.policy, gamma, remaining, jnp.sum(new.beta_sum - state.beta_sum),
         jnp.sum(new.beta_count - state.beta_count)))
 
   def cond(state: SpeculativeState) -> Array:
@@ -261,7 +267,8 @@ def _plain_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, reque
     return state.replace(
         sequences=sequences, lengths=lengths, done=done, target_cache=cache, rng=rng,
         iterations=state.iterations + (~state.done).astype(jnp.int32),
-        policy=adaptive.update(policy, state.policy, 0))
+        policy=adaptive.update(policy, state.policy, 0,
+                               _remaining(lengths, done, max_decode_len)))
 
   def cond(state: SpeculativeState) -> Array:
     return (adaptive.keep_going(policy, state.policy, jnp.all(state.done))
@@ -312,7 +319,7 @@ def _init_state(target_module: nn.Module, target_params: Any, drafter: drafters_
       rng=rng, iterations=zeros, draft_iterations=zeros, accepted=zeros,
       beta_sum=jnp.zeros((batch,), jnp.float32), beta_count=zeros,
       gamma_iterations=jnp.zeros((batch, max_gamma + 1), jnp.int32),
-      policy=None if policy is None else adaptive.init_state(policy))
+      policy=None if policy is None else adaptive.init_state(policy, max_decode_len))
 
 
 @functools.partial(jax.jit, static_argnames=('target_module', 'gamma', 'max_decode_len',

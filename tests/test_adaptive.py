@@ -10,7 +10,7 @@ COSTS = (1.0, 1.3, 1.5, 1.7, 1.9)
 
 
 def _state(policy, alpha, weight=1e6, gamma=0, zero_run=0):
-  state = adaptive.init_state(policy)
+  state = adaptive.init_state(policy, 64)
   return state.replace(beta_sum=jnp.float32(alpha * weight), beta_weight=jnp.float32(weight),
                        gamma=jnp.int32(gamma), zero_run=jnp.int32(zero_run))
 
@@ -53,7 +53,7 @@ def test_probes_after_plain_steps_and_backs_off():
     gamma = int(state.gamma)
     gammas.append(gamma)
     # A probe that verifies one rejected position leaves the estimate low.
-    state = adaptive.update(policy, state, gamma, 0.0, 1 if gamma else 0)
+    state = adaptive.update(policy, state, gamma, 64, 0.0, 1 if gamma else 0)
   probes = [i for i, g in enumerate(gammas) if g]
   # 3, then 6, then 12 plain steps before each probe at γ = 1 (then 24, the cap of 8 x 3).
   assert probes == [3, 10, 23]
@@ -70,12 +70,12 @@ def test_forced_gamma_and_no_probes():
 def test_the_estimate_forgets_old_positions():
   policy = adaptive.make_policy(adaptive.CostProfile(COSTS), 4, alpha_prior=0.5,
                                 prior_weight=4.0, memory=8.0)
-  state = adaptive.init_state(policy)
+  state = adaptive.init_state(policy, 64)
   assert float(adaptive.alpha_estimate(state)) == pytest.approx(0.5)
   for _ in range(20):
-    state = adaptive.update(policy, state, 2, 2.0, 2)  # every verified position agrees
+    state = adaptive.update(policy, state, 2, 64, 2.0, 2)  # every verified position agrees
   assert float(adaptive.alpha_estimate(state)) > 0.99
-  state = adaptive.update(policy, state, 0)            # a plain step changes nothing
+  state = adaptive.update(policy, state, 0, 64)            # a plain step changes nothing
   assert float(adaptive.alpha_estimate(state)) > 0.99
 
 
@@ -86,7 +86,9 @@ def test_profile_checks_and_round_trip(tmp_path):
     adaptive.CostProfile((1.0, 0.0))
   profile = adaptive.CostProfile.from_theory(0.1, [1.0, 1.2, 1.4])
   np.testing.assert_allclose(profile.iteration_cost, [1.0, 1.3, 1.6])
-  measured = adaptive.CostProfile(COSTS, key='models-a', details={'rounds': 3})
+  with pytest.raises(ValueError, match='start_cost'):
+    adaptive.CostProfile(COSTS, start_cost=-1.0)
+  measured = adaptive.CostProfile(COSTS, key='models-a', details={'rounds': 3}, start_cost=2.5)
   measured.save(tmp_path / 'p.json')
   assert adaptive.CostProfile.load(tmp_path / 'p.json') == measured
   (tmp_path / 'other.json').write_text('{"iteration_cost": [1, 2]}')
@@ -134,3 +136,23 @@ def test_carried_alpha_continues_the_running_estimate():
   perfect = adaptive.carry_alpha(np.ones(2), np.array([500, 500]))
   assert 0.999 < perfect['alpha_prior'] < 1.0
   adaptive.make_policy(adaptive.CostProfile(COSTS), 4, **perfect)
+
+
+def test_speculating_from_plain_steps_must_win_back_the_start():
+  """A start of 6 plain steps: worth paying with 200 positions left, not with 12."""
+  profile = adaptive.CostProfile(COSTS, start_cost=6.0)
+  policy = adaptive.make_policy(profile, 4)
+  long, short = _state(policy, 0.6), _state(policy, 0.6).replace(remaining=jnp.float32(12))
+  assert int(adaptive.choose_gamma(policy, long.replace(remaining=jnp.float32(200)))) == 2
+  assert int(adaptive.choose_gamma(policy, short)) == 0
+  # Once speculating, the start is paid: the short horizon no longer holds γ back.
+  assert int(adaptive.choose_gamma(policy, short.replace(gamma=jnp.int32(2)))) == 2
+  # The effective speed is tokens over time, the start included: 12 / (6 + 12 / s).
+  speed = np.asarray(adaptive.expected_speed(jnp.float32(0.6), jnp.asarray(COSTS)))
+  paid = np.asarray(adaptive._effective_speed(jnp.asarray(speed), jnp.float32(6.0),
+                                              jnp.float32(12.0)))
+  np.testing.assert_allclose(paid[1:], 12 / (6 + 12 / speed[1:]), rtol=1e-5)
+  assert paid[0] == speed[0] == 1.0
+  # stays_plain (NumPy, before the loop) agrees with the loop's first choice.
+  assert adaptive.stays_plain(profile, 4, 12) and not adaptive.stays_plain(profile, 4, 200,
+                                                                          alpha_prior=0.6)

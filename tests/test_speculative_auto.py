@@ -131,8 +131,9 @@ def call_traced(module, target, drafter, tokens):
 
 def test_a_policy_that_stays_at_plain_steps_is_the_autoregressive_loop():
   dear = adaptive.CostProfile((1.0, 3.0, 4.0, 5.0))
-  assert adaptive.stays_plain(dear, 3) and not adaptive.stays_plain(dear, 3, probe_every=4)
-  assert not adaptive.stays_plain(CHEAP, 5)
+  assert adaptive.stays_plain(dear, 3, 8)
+  assert not adaptive.stays_plain(dear, 3, 8, probe_every=4)
+  assert not adaptive.stays_plain(CHEAP, 5, 8)
   expected, got = decode_both(4, 'perturbed', dear, max_gamma=3, probe_every=0)
   assert_same(expected, got)
   np.testing.assert_array_equal(np.asarray(got.gamma_iterations)[:, 0], expected.lengths)
@@ -146,7 +147,7 @@ def test_alpha_carried_to_the_next_request_keeps_a_poor_draft_off():
   assert_same(expected, first)
   assert int(np.sum(first.draft_iterations)) >= 1  # the prior α = 0.5 speculated
   carried = adaptive.carry_alpha(first.beta_mean, first.beta_count, settings)
-  assert carried['alpha_prior'] < 0.4 and adaptive.stays_plain(SWITCHING, 5, **carried)
+  assert carried['alpha_prior'] < 0.4 and adaptive.stays_plain(SWITCHING, 5, MAX_LEN, **carried)
   expected, second = decode_both(2, 'unrelated', SWITCHING, seed=1, **carried)
   assert_same(expected, second)
   assert int(np.sum(second.draft_iterations)) == 0
