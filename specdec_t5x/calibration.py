@@ -116,6 +116,37 @@ def _long_run(run: Any, gamma: int) -> int:
   return SHORT_RUN + max(MIN_LONG_RUN, round(SAMPLE_S / per_iteration))
 
 
+def _timed_rounds(run: Any, long_runs: list[int], rounds: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(short, long)`, each `[rounds, G + 1]` seconds: each γ once a round, in shuffled order."""
+  order = random.Random(seed)
+  short, long = np.zeros((2, rounds, len(long_runs)))
+  for index in range(rounds):
+    gammas = list(range(len(long_runs)))
+    order.shuffle(gammas)
+    for gamma in gammas:
+      short[index, gamma] = _run_time(run, gamma, SHORT_RUN)
+      long[index, gamma] = _run_time(run, gamma, long_runs[gamma])
+  return short, long
+
+
+def _costs(short: np.ndarray, long: np.ndarray,
+           long_runs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+  """`(ratios [rounds, G + 1], starts [rounds])`: per round, each γ's iteration over γ = 0's,
+  and the draft's first use in plain steps (the one-iteration runs at γ = 1 and 0 apart).
+
+  Ratios are paired within a round, so load that drifts between rounds
+  cancels; taking each run's fastest over the rounds instead moved γ = 1's
+  cost by 0.25 between three calibrations of the same shapes, against 0.08
+  for the medians of paired ratios (2026-12-02, cpu_target batch 16).
+  """
+  per_iteration = (long - short) / (np.asarray(long_runs) - SHORT_RUN)
+  per_iteration = np.maximum(per_iteration, 1e-9)
+  starts = (short[:, 1] - short[:, 0]
+            - SHORT_RUN * (per_iteration[:, 1] - per_iteration[:, 0])) / per_iteration[:, 0]
+  return per_iteration / per_iteration[:, :1], starts
+
+
 def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                     encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
                     sampling: sampling_lib.SamplingConfig, rounds: int = ROUNDS,
@@ -135,35 +166,24 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
   _run_time(run, 0, SHORT_RUN)  # compiles
   compiled_s = time.perf_counter() - started
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
-  order = random.Random(seed)
-  ratios: list[list[float]] = [[] for _ in range(max_gamma + 1)]
-  starts: list[float] = []
-  for _ in range(rounds):
-    per_iteration, short = [0.0] * (max_gamma + 1), [0.0] * (max_gamma + 1)
-    gammas = list(range(max_gamma + 1))
-    order.shuffle(gammas)
-    for gamma in gammas:
-      short[gamma] = _run_time(run, gamma, SHORT_RUN)
-      long = _run_time(run, gamma, long_runs[gamma])
-      per_iteration[gamma] = max(long - short[gamma], 1e-9) / (long_runs[gamma] - SHORT_RUN)
-    for gamma in range(max_gamma + 1):
-      ratios[gamma].append(per_iteration[gamma] / per_iteration[0])
-    starts.append((short[1] - short[0] - SHORT_RUN * (per_iteration[1] - per_iteration[0]))
-                  / per_iteration[0])
+  short, long = _timed_rounds(run, long_runs, rounds, seed)
+  ratios, starts = _costs(short, long, long_runs)
+  medians = np.median(ratios, axis=0).tolist()
   batch, encoder_length = encoder_input_tokens.shape
   key = profile_key(target_module, target_params, drafter, batch, encoder_length,
                     max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
-  medians = [statistics.median(r) for r in ratios]
   return adaptive.CostProfile(
-      tuple(monotone_costs(medians)), key=key, start_cost=max(statistics.median(starts), 0.0),
+      tuple(monotone_costs(medians)), key=key, start_cost=max(float(np.median(starts)), 0.0),
       details={'measured': datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec='seconds'),
                'rounds': rounds, 'iterations': [SHORT_RUN, long_runs],
                'compile_s': round(compiled_s, 2),
                'measure_s': round(time.perf_counter() - started - compiled_s, 2),
                'ratio_medians': [round(m, 4) for m in medians],
-               'ratio_range': [[round(min(r), 3), round(max(r), 3)] for r in ratios],
-               'start_cost_range': [round(min(starts), 3), round(max(starts), 3)],
+               'ratio_range': np.round(np.stack([ratios.min(axis=0), ratios.max(axis=0)], 1),
+                                       3).tolist(),
+               'start_cost_range': [round(float(starts.min()), 3),
+                                    round(float(starts.max()), 3)],
                'cpu_count': os.cpu_count()})
 
 
