@@ -255,10 +255,11 @@ def _plain_segment(state: SpeculativeState, policy: adaptive.AutoGamma, *, reque
 
   `iteration(gamma=0)` would also verify, count and rewind; here the target
   cache simply advances one position per step (a finished row's junk is
-  rewound at the end), the drafter is left behind (its next proposal catches
-  up) and the estimate of α, which plain steps cannot change, is left as it is.
+  rewound at the end), the drafter is left behind (the next speculative
+  segment catches it up on entry) and the estimate of α, which plain steps
+  cannot change, is left as it is.
   """
-  del drafter  # catches up when it next proposes
+  del drafter  # caught up by the next `_auto_segment` at γ >= 1
 
   def body(state: SpeculativeState) -> SpeculativeState:
     sequences, lengths, done, cache, rng = plain_step(

@@ -19,7 +19,7 @@ from specdec_t5x.sweep.config import SweepConfig, TaskSpec, expand_path
 
 STORE_SCHEMA = 1
 # How auto cells are measured; a new value re-measures them. 2: α is carried from
-# batch to batch (`measure._carried_settings`), the first starting from the prior.
+# batch to batch (`measure._carry_alpha_over`), the first starting from the prior.
 AUTO_METHOD = 2
 
 
