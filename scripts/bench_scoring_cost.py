@@ -19,9 +19,13 @@ the smallest models. The K values are interleaved in shuffled rounds so that
 load from other processes hits them alike, and each K's cost is the median
 over rounds of its time relative to the K = 1 sample of the same round.
 
-Writes <output-dir>/scoring_cost.{json,md,png}. Example:
+Writes <output-dir>/scoring_cost.{json,md,png}. Examples:
 
   JAX_PLATFORMS=cpu .venv/bin/python scripts/bench_scoring_cost.py --presets cpu_small,cpu_target
+  # What position-invariant decoding costs (results/bfloat16/):
+  JAX_PLATFORMS=cpu .venv/bin/python scripts/bench_scoring_cost.py --presets cpu_target \
+      --variants float32:auto,float32:invariant,bfloat16:auto,bfloat16:cpu \
+      --output-dir results/bfloat16
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 
 from specdec_t5x import paths
 from specdec_t5x.bench import report, scoring_cost
-from specdec_t5x.network import PRESETS, config_from_preset
+from specdec_t5x.network import PRESETS, config_from_preset, kernels
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -48,6 +52,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--presets', default=','.join(scoring_cost.DEFAULT_PRESETS),
                       help='comma-separated model presets to time, random fp32 weights; known: '
                            + ', '.join(PRESETS))
+  parser.add_argument('--variants', default='float32:auto',
+                      help='comma-separated dtype:decode_kernels pairs to time each preset in, '
+                           "e.g. float32:auto,bfloat16:auto,bfloat16:cpu (decode_kernels: "
+                           f"{', '.join(kernels.DECODE_KERNELS)}; see specdec_t5x.network.kernels)")
   parser.add_argument('--max-k', type=int, default=8,
                       help='time K = 1..max-k query positions per decoder call')
   parser.add_argument('--batch', type=int, default=1, help='batch rows per decoder call')
@@ -77,6 +85,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     config_from_preset(name)  # Fails now, not after the first preset's minutes.
   if not args.presets:
     parser.error('--presets is empty')
+  args.variants = [tuple(v.strip().split(':')) for v in args.variants.split(',') if v.strip()]
+  for variant in args.variants:
+    if (len(variant) != 2 or variant[0] not in ('float32', 'bfloat16')
+        or variant[1] not in kernels.DECODE_KERNELS):
+      parser.error(f'--variants: {":".join(variant)!r} is not dtype:decode_kernels with dtype '
+                   f'float32 or bfloat16 and decode_kernels one of {kernels.DECODE_KERNELS}')
   for flag in ('max_k', 'batch', 'encoder_length', 'cache_length', 'rounds'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")} must be >= 1')
@@ -95,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   results = [scoring_cost.measure_preset(
       name, batch=args.batch, encoder_length=args.encoder_length,
       cache_length=args.cache_length, prefix_length=args.prefix_length, max_k=args.max_k,
-      rounds=args.rounds, sample_ms=args.sample_ms, warmup=args.warmup, seed=args.seed, rng=rng)
-      for name in args.presets]
+      rounds=args.rounds, sample_ms=args.sample_ms, warmup=args.warmup, seed=args.seed, rng=rng,
+      dtype=dtype, decode_kernels=decode_kernels)
+      for name in args.presets for dtype, decode_kernels in args.variants]
   record = scoring_cost.build_report(results, report.settings_record(args), started)
   scoring_cost.write_report(args.output_dir, record)
   table, _ = scoring_cost.markdown_tables(results, args.reference_preset)

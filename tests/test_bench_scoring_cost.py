@@ -43,6 +43,16 @@ def test_markdown_tables_from_a_fixed_record():
   assert 'K=1 time /' not in table
 
 
+def test_rows_name_their_dtype_and_kernels_away_from_the_defaults():
+  bfloat16 = dict(_result('target', 3.0, [1.0, 1.6, 1.9]), dtype='bfloat16',
+                  decode_kernels='auto')
+  table, spread = scoring_cost.markdown_tables(RECORD['results'] + [bfloat16], 'target')
+  assert table.splitlines()[-1].startswith('| target (bfloat16) |')
+  assert table.splitlines()[-1].endswith('| 1.60 | 1.90 | 1.500 |')
+  assert scoring_cost.variant_label('target', 'float32', 'invariant') == 'target (invariant)'
+  assert scoring_cost.variant_label('target') == 'target'
+
+
 def test_markdown_from_a_fixed_record():
   text = scoring_cost.markdown(RECORD)
   assert text.startswith('# Scoring cost: one cached decoder call on K positions')

@@ -167,7 +167,8 @@ def test_greedy_tokens_agree_across_kernels(params):
 
 
 def test_a_bad_value_is_a_clear_error(params):
-  with pytest.raises(ValueError, match=r"decode_kernels must be one of \('auto', 'cpu', 'plain'\)"):
+  known = r"\('auto', 'cpu', 'plain', 'invariant'\)"
+  with pytest.raises(ValueError, match=r'decode_kernels must be one of ' + known):
     _config('gpu')
   with pytest.raises(ValueError, match='decode_kernels must be one of'):
     _config('plain').replace(decode_kernels='fast')
@@ -176,3 +177,94 @@ def test_a_bad_value_is_a_clear_error(params):
   dense = network.DenseGeneral(4, decode_kernels='tpu')  # a module built without a T5Config
   with pytest.raises(ValueError, match='decode_kernels must be one of'):
     dense.init(jax.random.PRNGKey(0), jnp.ones((2, 3)))
+
+
+# ------------------------------------------------------------------------------
+# 'invariant': each position of a K-position call has the bits of a one-position step.
+# ------------------------------------------------------------------------------
+
+# Sizes at which XLA:CPU's kernels and reductions change with the number of rows.
+INVARIANT_FIELDS = dict(vocab_size=512, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=512,
+                        num_encoder_layers=1, num_decoder_layers=2)
+
+
+@functools.cache
+def _invariance_programs(decode_kernels: str, dtype_name: str):
+  """(module, params, jitted encode + cache, jitted decode step) of the config above."""
+  dtype = jnp.dtype(dtype_name)
+  module = network.Transformer(_config(decode_kernels, **INVARIANT_FIELDS, dtype=dtype))
+  x = jnp.ones((1, 4), jnp.int32)
+  params = module.init(jax.random.PRNGKey(3), x, x, x, enable_dropout=False)['params']
+
+  def start(params, encoder_tokens):
+    encoded = cache_lib.encode(module, params, encoder_tokens)
+    return encoded, cache_lib.init_decode_cache(module, params, encoded, encoder_tokens,
+                                                CACHE_LENGTH)
+
+  step = lambda params, cache, encoded, encoder_tokens, tokens: cache_lib.decode_step(
+      module, params, cache, encoded, encoder_tokens, tokens)
+  return module, params, jax.jit(start), jax.jit(step)
+
+
+def position_logits(decode_kernels: str, dtype_name: str, batch: int, k: int):
+  """Logits `[batch, k, vocab]` of one k-position call, and of k one-position steps.
+
+  Both start from the same cache: a prefix written one position at a time, each
+  row rewound to its own length.
+  """
+  _, params, start, step = _invariance_programs(decode_kernels, dtype_name)
+  encoder_tokens = random_inputs(batch, 9, 512, batch + k)
+  tokens = np.random.default_rng(k).integers(2, 512, (batch, PREFIX + k)).astype(np.int32)
+  encoded, cache = start(params, encoder_tokens)
+  for i in range(PREFIX):
+    _, cache = step(params, cache, encoded, encoder_tokens, tokens[:, i:i + 1])
+  cache = cache_lib.rewind(cache, PREFIX - jnp.arange(batch) % 2)
+  positions = cache_lib.decode_position(cache)
+  rows = jnp.arange(batch)[:, None]
+  block = tokens[rows, positions[:, None] + jnp.arange(k)]
+  call, _ = step(params, cache, encoded, encoder_tokens, block)
+  steps = []
+  for j in range(k):
+    logits, cache = step(params, cache, encoded, encoder_tokens, block[:, j:j + 1])
+    steps.append(logits)
+  return np.asarray(call, np.float32), np.asarray(jnp.concatenate(steps, 1), np.float32)
+
+
+# bfloat16 through 'auto' (its default there), float32 through the explicit switch.
+@pytest.mark.parametrize('decode_kernels,dtype_name', [('auto', 'bfloat16'),
+                                                       ('invariant', 'float32')])
+@pytest.mark.parametrize('batch,k', [(1, 8), (3, 5), pytest.param(1, 2, marks=pytest.mark.slow),
+                                     pytest.param(8, 3, marks=pytest.mark.slow)])
+def test_invariant_positions_have_the_bits_of_one_position_steps(decode_kernels, dtype_name,
+                                                                 batch, k):
+  call, steps = position_logits(decode_kernels, dtype_name, batch, k)
+  np.testing.assert_array_equal(call, steps)
+
+
+@pytest.mark.parametrize('dtype_name', ['bfloat16', 'float32'])
+def test_the_float32_tuned_kernels_are_not_position_invariant(dtype_name):
+  """The control: the same comparison fails for 'cpu' (so the test above can fail)."""
+  call, steps = position_logits('cpu', dtype_name, 3, 5)
+  assert np.any(call != steps)
+  np.testing.assert_allclose(call, steps, atol=0.1 if dtype_name == 'bfloat16' else 1e-4)
+
+
+@pytest.mark.parametrize('backend,dtype_name,expected', [
+    ('cpu', 'bfloat16', 'invariant'), ('cpu', 'float32', 'cpu'), ('gpu', 'bfloat16', 'plain'),
+    ('tpu', 'float32', 'plain')])
+def test_auto_is_invariant_for_bfloat16_on_cpu(monkeypatch, backend, dtype_name, expected):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert kernels.resolve_decode_kernels('auto', dtype_name, decode=True) == expected
+  # Training and encoding never take the per-position paths.
+  assert kernels.resolve_decode_kernels('invariant', dtype_name, decode=False) == (
+      'cpu' if backend == 'cpu' else 'plain')
+  assert kernels.resolve_decode_kernels('invariant', dtype_name, decode=True) == 'invariant'
+
+
+def test_an_invariant_call_beyond_its_positions_is_a_clear_error():
+  module, params, start, _ = _invariance_programs('invariant', 'float32')
+  encoder_tokens = random_inputs(1, 5, 512, 0)
+  encoded, cache = start(params, encoder_tokens)
+  too_many = jnp.ones((1, kernels.INVARIANT_MAX_POSITIONS + 1), jnp.int32)
+  with pytest.raises(ValueError, match='INVARIANT_MAX_POSITIONS = 16 positions, got 17'):
+    cache_lib.decode_step(module, params, cache, encoded, encoder_tokens, too_many)

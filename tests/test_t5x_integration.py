@@ -373,6 +373,49 @@ def test_pass_drafter_through_the_model(tiny_t5x, tmp_path):
         base, drafter=t5x_drafting.pass_drafter(str(tmp_path / 'none.npz')), gamma=3)
 
 
+# Sizes at which bfloat16 greedy decoding meets near-ties (tests/test_speculative_bfloat16.py).
+BF16_TARGET = dict(TINY, vocab_size=512, emb_dim=64, head_dim=32, mlp_dim=128, dtype='bfloat16')
+
+
+def _bfloat16_greedy_outputs(decode_kernels: str, batches: int = 8) -> dict[str, np.ndarray]:
+  """Greedy outputs `[requests, 16]` of a bfloat16 target in T5X, three ways.
+
+  'ours': T5X's own greedy decoding with our network; 'speculative': our
+  speculative model around it (γ = 3, a perturbed draft); 't5x': T5X's own
+  decoding and network. Parameters are cast to bfloat16 as infer.gin restores them.
+  """
+  ours = t5x_base_model(BF16_TARGET)
+  ours.module = network.Transformer(network.T5Config(**BF16_TARGET, decode_kernels=decode_kernels))
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), initial_variables(ours)['params'])
+  draft = drafters.ModelDrafter(ours.module, perturb(params, 0.1, seed=1))
+  models = {'ours': ours, 't5x': t5x_base_model(BF16_TARGET),
+            'speculative': t5x_model.speculative_model(ours, drafter=draft, gamma=3)}
+  outputs = {}
+  for name, model in models.items():
+    predict = jax.jit(model.predict_batch)
+    outputs[name] = np.concatenate([np.asarray(predict(params, encoder_batch(8, vocab=512,
+                                                                             seed=seed)))
+                                    for seed in range(batches)])
+  return outputs
+
+
+@requires_t5x
+def test_bfloat16_speculative_equals_greedy_with_our_network():
+  """bfloat16 in T5X: the speculative model gives what T5X's greedy decoding of our network gives.
+
+  T5X's own network rounds otherwise (a one-hot matmul embedding, T5X's
+  attention): its outputs may differ at near-ties, and are only reported here.
+  """
+  outputs = _bfloat16_greedy_outputs('auto')
+  np.testing.assert_array_equal(outputs['speculative'], outputs['ours'])
+  differ = np.any(outputs['t5x'] != outputs['ours'], axis=1)
+  print(f'bfloat16: T5X\'s own network differs from ours in {differ.sum()} of {len(differ)} '
+        'greedy outputs')
+  # The control: with the float32-tuned kernels the speculative outputs diverge somewhere.
+  control = _bfloat16_greedy_outputs('cpu')
+  assert np.any(control['speculative'] != control['ours'])
+
+
 @requires_t5x
 @pytest.mark.parametrize('eos_id', [0, None])
 def test_eos_as_t5x_reads_it_from_the_vocabulary(tiny_t5x, eos_id):

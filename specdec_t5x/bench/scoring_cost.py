@@ -28,23 +28,26 @@ DEFAULT_PRESETS = ('cpu_small', 'cpu_base', 'cpu_large', 'cpu_target', 't5_1_1_s
 
 def measure_preset(name: str, *, batch: int, encoder_length: int, cache_length: int,
                    prefix_length: int, max_k: int, rounds: int, sample_ms: float, warmup: int,
-                   seed: int, rng: np.random.Generator) -> dict[str, Any]:
-  """Times K = 1..max_k for preset `name` (random fp32 weights); its config, samples, summary.
+                   seed: int, rng: np.random.Generator, dtype: str = 'float32',
+                   decode_kernels: str = 'auto') -> dict[str, Any]:
+  """Times K = 1..max_k for preset `name` (random weights); its config, samples, summary.
 
-  `rng` draws the encoder input tokens `[batch, encoder_length]`.
+  `dtype` and `decode_kernels` are the model's (`T5Config`); `rng` draws the
+  encoder input tokens `[batch, encoder_length]`.
   """
-  config = network.config_from_preset(name, dtype=jnp.float32)
+  config = network.config_from_preset(name, dtype=jnp.dtype(dtype), decode_kernels=decode_kernels)
   module = network.Transformer(config)
   params = random_weights.random_params(module, batch, encoder_length, seed)
   encoder_tokens = jnp.asarray(rng.integers(2, config.vocab_size, (batch, encoder_length)),
                                jnp.int32)
   ks = list(range(1, max_k + 1))
-  with tqdm(total=rounds * len(ks), desc=f'{name}: K=1..{max_k}') as progress:
+  with tqdm(total=rounds * len(ks), desc=f'{variant_label(name, dtype, decode_kernels)}: '
+                                         f'K=1..{max_k}') as progress:
     costs = timing.scoring_costs(module, params, encoder_tokens, ks, prefix=prefix_length,
                                  cache_length=cache_length, rounds=rounds, sample_ms=sample_ms,
                                  seed=seed, warmup=warmup, progress=progress)
   return dict(
-      preset=name,
+      preset=name, dtype=dtype, decode_kernels=decode_kernels,
       config=dict(emb_dim=config.emb_dim, num_heads=config.num_heads, head_dim=config.head_dim,
                   num_decoder_layers=config.num_decoder_layers, mlp_dim=config.mlp_dim,
                   vocab_size=config.vocab_size, mlp_activations=list(config.mlp_activations)),
@@ -70,6 +73,18 @@ def build_report(results: list[dict[str, Any]], settings: dict[str, Any],
   )
 
 
+def variant_label(preset: str, dtype: str = 'float32', decode_kernels: str = 'auto') -> str:
+  """'cpu_target', or 'cpu_target (bfloat16, invariant)' away from float32 and 'auto'."""
+  extra = [value for value, default in ((dtype, 'float32'), (decode_kernels, 'auto'))
+           if value != default]
+  return f"{preset} ({', '.join(extra)})" if extra else preset
+
+
+def _label(result: dict[str, Any]) -> str:
+  return variant_label(result['preset'], result.get('dtype', 'float32'),
+                       result.get('decode_kernels', 'auto'))
+
+
 def shape_label(result: dict[str, Any]) -> str:
   cfg = result['config']
   return (f"{cfg['emb_dim']} wide, {cfg['num_decoder_layers']} layers, mlp {cfg['mlp_dim']}, "
@@ -79,13 +94,13 @@ def shape_label(result: dict[str, Any]) -> str:
 def markdown_tables(results: list[dict[str, Any]], reference: str | None) -> tuple[str, str]:
   """The ratio table and the table of the ratios' interquartile ranges, in Markdown."""
   ks = results[0]['k']
-  reference_ms = next((r['median_ms'][0] for r in results if r['preset'] == reference), None)
+  reference_ms = next((r['median_ms'][0] for r in results if _label(r) == reference), None)
   head = ['preset', 'decoder (params)', 'K=1'] + [f'K={k}' for k in ks[1:]]
   if reference_ms is not None:
     head.append(f'K=1 time / {reference}')
   rows = []
   for r in results:
-    row = [r['preset'], shape_label(r), f"{r['median_ms'][0]:.3g} ms"]
+    row = [_label(r), shape_label(r), f"{r['median_ms'][0]:.3g} ms"]
     row += [f'{ratio:.2f}' for ratio in r['ratio_median'][1:]]
     if reference_ms is not None:
       row.append(f"{r['median_ms'][0] / reference_ms:.3f}")
@@ -93,7 +108,7 @@ def markdown_tables(results: list[dict[str, Any]], reference: str | None) -> tup
   spread = []
   for r in results:
     quartiles = zip(r['ratio_q25'][1:], r['ratio_q75'][1:], strict=True)
-    spread.append([r['preset']] + [f'{low:.2f}-{high:.2f}' for low, high in quartiles])
+    spread.append([_label(r)] + [f'{low:.2f}-{high:.2f}' for low, high in quartiles])
   return (report.markdown_table(head, rows),
           report.markdown_table(['preset'] + [f'K={k}' for k in ks[1:]], spread))
 
@@ -102,8 +117,8 @@ def markdown(record: dict[str, Any]) -> str:
   """scoring_cost.md from the scoring_cost.json record."""
   settings, facts, results = record['settings'], record['machine'], record['results']
   table, spread = markdown_tables(results, settings['reference_preset'])
-  loads = ', '.join(f"{r['preset']} {r['load_average_1min']:.1f}" for r in results)
-  has_reference = any(r['preset'] == settings['reference_preset'] for r in results)
+  loads = ', '.join(f"{_label(r)} {r['load_average_1min']:.1f}" for r in results)
+  has_reference = any(_label(r) == settings['reference_preset'] for r in results)
   paragraphs = [
       '# Scoring cost: one cached decoder call on K positions, relative to K = 1',
       f"Command: `{record['command']}`  \n"
@@ -111,7 +126,8 @@ def markdown(record: dict[str, Any]) -> str:
       f"Machine: {facts['nproc']} CPU cores ({facts['cpu_model']}), {facts['platform']}, "
       f"python {facts['python']}, jax {facts['jax']} (backend {facts['jax_backend']}), "
       f"flax {facts['flax']}.",
-      f"Setup: batch {settings['batch']}, fp32, random weights; encoder output of "
+      f"Setup: batch {settings['batch']}, float32 unless a row says otherwise, random weights; "
+      f"decode_kernels 'auto' unless a row says otherwise; encoder output of "
       f"{settings['encoder_length']} tokens precomputed; self-attention cache of "
       f"{settings['cache_length']} positions, cross-attention keys/values cached once; every call "
       f"writes its K tokens at position {settings['prefix_length']}. A timed sample chains "
@@ -146,7 +162,7 @@ def write_plot(path: pathlib.Path, results: Sequence[dict[str, Any]]) -> None:
   figure, (ratio_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
   for r in results:
     ks = r['k']
-    label = f"{r['preset']} ({r['decoder_params'] / 1e6:.1f}M)"
+    label = f"{_label(r)} ({r['decoder_params'] / 1e6:.1f}M)"
     line, = ratio_axis.plot(ks, r['ratio_median'], marker='o', label=label)
     ratio_axis.fill_between(ks, r['ratio_q25'], r['ratio_q75'],
                             color=line.get_color(), alpha=0.15)

@@ -137,6 +137,43 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
   return jnp.swapaxes(from_cache + from_block, 1, 2)
 
 
+def _attend_written_cache(query: Array, key: Array, value: Array, mask: Array | None,
+                          bias: Array, decode_positions: Array, dtype: Any,
+                          float32_logits: bool) -> Array:
+  """Each query alone over the whole cache, its own entry already written (position-invariant).
+
+  Query j sees the cache entries at or before its position, the same entries
+  at the same indices as the one-position call at that position sees, and
+  reduces them in the same shapes; the q calls differ only in their inputs.
+
+  Args:
+    query: `[b, q, h, d]`.
+    key: the cache `[b, h, d, length]` after this call's writes; value
+      `[b, h, length, d]`.
+    mask: optional `[b, 1, q, length]` mask over the cache positions.
+    bias: the relative position bias `[b, h, q, length]`.
+    decode_positions: `[b, q]`, the queries' positions.
+
+  Returns:
+    `[b, q, h, d]`.
+  """
+  if float32_logits:
+    query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+  length = key.shape[-1]
+  outputs = []
+  for j in range(query.shape[1]):
+    visible = jnp.arange(length)[None, :] <= decode_positions[:, j, None]
+    visible_mask = visible[:, None, :]
+    if mask is not None:
+      visible_mask = combine_masks(visible_mask, mask[:, :, j, :])
+    logits = jnp.einsum('bhd,bhdk->bhk', query[:, j], key)
+    weights = _attention_weights(
+        logits, _combine_biases(_mask_to_bias(visible_mask, dtype), bias[:, :, j, :]),
+        None, 0.0, True, dtype)
+    outputs.append(jnp.einsum('bhk,bhkd->bhd', weights, value))
+  return jnp.stack(outputs, axis=1)
+
+
 def _mask_to_bias(mask: Array | None, dtype: Any) -> Array | None:
   if mask is None:
     return None
@@ -180,6 +217,9 @@ class MultiHeadDotProductAttention(nn.Module):
                                deterministic: bool) -> Array:
     """Attends over the cache and this call's keys/values, then writes those into the cache.
 
+    Under 'invariant' (`kernels`) it writes first, then each query reads the
+    whole cache alone (`_attend_written_cache`).
+
     Args:
       query: `[b, q, h, d]`; key: `[b, h, d, q]`; value: `[b, h, q, d]`.
       mask: optional `[b, 1, q, length]` mask over the cache positions.
@@ -190,6 +230,14 @@ class MultiHeadDotProductAttention(nn.Module):
     cached_key = self.variable('cache', 'cached_key')
     cached_value = self.variable('cache', 'cached_value')
     start = decode_positions[:, 0]
+    write = functools.partial(kernels.write_rows, starts=start,
+                              decode_kernels=self.decode_kernels)
+    if self.decode_kernels == 'invariant':
+      kernels.check_invariant_positions(query.shape[1], self.decode_kernels)
+      cached_key.value = write(cached_key.value, key, axis=3)
+      cached_value.value = write(cached_value.value, value, axis=2)
+      return _attend_written_cache(query, cached_key.value, cached_value.value, mask, bias,
+                                   decode_positions, self.dtype, self.float32_logits)
     length, num_queries = cached_key.value.shape[-1], query.shape[1]
     # Cache entries at or after the write position are stale (or rewound).
     written = jnp.arange(length)[None, :] < start[:, None]
@@ -207,8 +255,6 @@ class MultiHeadDotProductAttention(nn.Module):
     # cache (a barrier does not survive to buffer assignment; XLA does not
     # fold x * 0.0 because of NaN/inf).
     after_reads = 0.0 * x[(0,) * x.ndim].astype(key.dtype)
-    write = functools.partial(kernels.write_rows, starts=start,
-                              decode_kernels=self.decode_kernels)
     cached_key.value = write(cached_key.value, key + after_reads, axis=3)
     cached_value.value = write(cached_value.value, value + after_reads, axis=2)
     return x
@@ -257,10 +303,17 @@ class MultiHeadDotProductAttention(nn.Module):
                       (key.shape[0], self.num_heads, self.head_dim, length), key.dtype)
         self.variable('cache', 'cached_value', jnp.zeros,
                       (value.shape[0], self.num_heads, length, self.head_dim), value.dtype)
-      x = dot_product_attention(
-          query, key, value, bias=_combine_biases(_mask_to_bias(mask, self.dtype), bias),
-          dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+      attend = functools.partial(
+          dot_product_attention, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
           deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits)
+      full_bias = _combine_biases(_mask_to_bias(mask, self.dtype), bias)
+      if (cache_mode == 'cross' and full_bias is not None
+          and kernels.runs_per_position(query, self.decode_kernels)):
+        # One query at a time, each with its row of the [b, h, q, k] bias.
+        x = kernels.per_position(lambda q, b: attend(q, key, value, jnp.swapaxes(b, 1, 2)),
+                                 query, jnp.swapaxes(full_bias, 1, 2))
+      else:
+        x = attend(query, key, value, full_bias)
     return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
                         kernel_axes=('joined_kv', 'embed'), dtype=self.dtype,
                         decode_kernels=self.decode_kernels, name='out')(x)

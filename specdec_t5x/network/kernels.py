@@ -49,10 +49,40 @@ backend=...)`, or CPU arrays on a machine whose default is a GPU); set 'cpu'
 or 'plain' then. (`lax.platform_dependent` would choose at lowering time,
 but traces every decoder step once per path.)
 
+Position-invariant decoding ('invariant'). Speculative decoding's promise is
+the output of the target alone, but the verification call of K = γ+1
+positions rounds differently from K one-position steps: a product of K rows
+runs another kernel than one of a row, XLA:CPU sums the rows of a reduction
+differently depending on how many rows there are, and the K new positions
+attend over the cache plus themselves (a softmax over other entries in
+another order). In float32 the difference (~1e-6) has never changed a greedy
+token here; in bfloat16 it flips near-ties (issue #19: 5 of 24 requests).
+Under 'invariant' every decode call of at most `INVARIANT_MAX_POSITIONS`
+positions computes each position as a one-position call does: one
+matrix-vector product per row and position (`matvecs`), each norm and each
+cross-attention per position (`per_position`), and self-attention writes the
+new keys/values first, then lets each query read the whole cache alone
+(`attention._attend_written_cache`). Logits are then bitwise equal to those
+of one-position steps over the same prefix (tests/test_network_kernels.py),
+in float32 and bfloat16. It applies to decode calls only; training and the
+encoder run as under 'cpu' / 'plain'.
+
+`T5Config.decode_kernels` 'auto' stands for 'invariant' in bfloat16 on CPU
+(where bfloat16 is never the fast choice: float32 is) and for 'cpu' in
+float32 on CPU, which keeps the per-row paths tuned for speed and leaves the
+float32 verification call on plain products (the K-position call of
+'invariant' costs more on cpu_target: results/bfloat16.md). On GPU and TPU
+'auto' is 'plain': 'invariant' can be asked for there, but it has been
+measured on CPU only, and its per-row products read the weights once per
+row (see above).
+
 The constants are read when a call is traced: set them on this module.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,23 +98,45 @@ ATTENTION_MATVEC_MAX_QUERIES = 1
 # Up to this many rows `write_rows` unrolls its per-row writes; beyond, it
 # loops, so that the program's size does not grow with the batch.
 WRITE_ROWS_MAX_UNROLLED = 16
+# Up to this many products `matvecs` unrolls; beyond, it maps a loop over them.
+MATVECS_MAX_UNROLLED = 16
 
 # The values of `decode_kernels` (see the module docstring).
-DECODE_KERNELS = ('auto', 'cpu', 'plain')
+DECODE_KERNELS = ('auto', 'cpu', 'plain', 'invariant')
+# Under 'invariant', decode calls of up to this many positions per row run per row and per query.
+INVARIANT_MAX_POSITIONS = 16
 
 
 def check_decode_kernels(decode_kernels: str) -> str:
   """Returns `decode_kernels` if it is one of `DECODE_KERNELS`, else raises a ValueError."""
   if not isinstance(decode_kernels, str) or decode_kernels not in DECODE_KERNELS:
     raise ValueError(f'decode_kernels must be one of {DECODE_KERNELS} (auto: the CPU-tuned '
-                     f'paths iff the backend is CPU), got {decode_kernels!r}')
+                     f'paths iff the backend is CPU, position-invariant in bfloat16 there), '
+                     f'got {decode_kernels!r}')
   return decode_kernels
+
+
+def resolve_decode_kernels(decode_kernels: str, dtype: Any, decode: bool) -> str:
+  """What a model's `decode_kernels` stands for in a call: 'cpu', 'plain' or 'invariant'.
+
+  'auto' is 'invariant' for a bfloat16 model's decode calls on CPU, 'cpu' for
+  its other calls and for other dtypes on CPU, 'plain' on other backends (the
+  module docstring says why); 'invariant' applies to decode calls only.
+  Asks `jax.default_backend()`, so call it when a call is traced.
+  """
+  choice = check_decode_kernels(decode_kernels)
+  on_cpu = jax.default_backend() == 'cpu'
+  if choice == 'auto' and on_cpu and decode and jnp.dtype(dtype) == jnp.bfloat16:
+    return 'invariant'
+  if choice == 'auto' or (choice == 'invariant' and not decode):
+    return 'cpu' if on_cpu else 'plain'
+  return choice
 
 
 def uses_cpu_paths(decode_kernels: str = 'auto') -> bool:
   """Whether the CPU-tuned paths apply under `decode_kernels` ('auto': by backend, when traced)."""
-  if check_decode_kernels(decode_kernels) == 'auto':
-    return jax.default_backend() == 'cpu'
+  if check_decode_kernels(decode_kernels) in ('auto', 'invariant'):
+    return jax.default_backend() == 'cpu'  # 'invariant' writes rows as 'auto' does
   return decode_kernels == 'cpu'
 
 
@@ -95,6 +147,8 @@ def dense_uses_matvecs(rows: int, positions: int, kernel_bytes: int,
   `rows` counts every input row (batch times `positions`, the positions per
   batch row: K of a decode call, the length axis).
   """
+  if decode_kernels == 'invariant':  # every row alone, as a one-row call computes it
+    return positions <= INVARIANT_MAX_POSITIONS
   return (uses_cpu_paths(decode_kernels) and 1 < rows <= MATVEC_MAX_ROWS
           and positions <= MATVEC_MAX_POSITIONS and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES)
 
@@ -104,14 +158,46 @@ def attention_uses_matvecs(num_queries: int, decode_kernels: str = 'auto') -> bo
   return uses_cpu_paths(decode_kernels) and num_queries <= ATTENTION_MATVEC_MAX_QUERIES
 
 
+def runs_per_position(x: Array, decode_kernels: str) -> bool:
+  """Whether `x [batch, positions, ...]` is computed position by position ('invariant').
+
+  Beyond `INVARIANT_MAX_POSITIONS` it is not; the self-attention of a decode
+  call that long raises instead (`check_invariant_positions`).
+  """
+  return (decode_kernels == 'invariant' and x.ndim >= 3
+          and x.shape[1] <= INVARIANT_MAX_POSITIONS)
+
+
+def check_invariant_positions(num_positions: int, decode_kernels: str) -> None:
+  """Raises a ValueError for an 'invariant' decode call of more positions than it covers."""
+  if decode_kernels == 'invariant' and num_positions > INVARIANT_MAX_POSITIONS:
+    raise ValueError(
+        f"decode_kernels='invariant' (the default for bfloat16 on CPU) covers decode calls of at "
+        f'most INVARIANT_MAX_POSITIONS = {INVARIANT_MAX_POSITIONS} positions, got '
+        f'{num_positions} (gamma + 1); use a smaller gamma, or decode_kernels=\'cpu\' or '
+        f"'plain', whose outputs may differ from autoregressive decoding at near-ties")
+
+
+def per_position(fn: Callable[..., Array], *arrays: Array) -> Array:
+  """`fn` of each position `[batch, 1, ...]` of `arrays`, concatenated along axis 1."""
+  return jnp.concatenate([fn(*(lax.slice_in_dim(a, j, j + 1, axis=1) for a in arrays))
+                          for j in range(arrays[0].shape[1])], axis=1)
+
+
 def matvecs(spec: str, lhs: Array, rhs: Array, axis: int) -> Array:
   """`einsum(spec)` run as one batched matrix-vector product per index of `lhs`'s `axis`.
 
   `spec` is the product of one slice (`lhs` without `axis`); the results are
   stacked back at `axis`. Each product reads `rhs` in place (see the module
   docstring for why a few of them beat one small matrix product on CPU).
+  Beyond `MATVECS_MAX_UNROLLED` products they run in a loop (`lax.map`), so
+  that the program does not grow with them; each still gets the bits of a
+  one-row call.
   """
-  return jnp.stack([jnp.einsum(spec, lax.index_in_dim(lhs, i, axis, keepdims=False), rhs)
+  product = lambda row: jnp.einsum(spec, row, rhs)
+  if lhs.shape[axis] > MATVECS_MAX_UNROLLED:
+    return jnp.moveaxis(lax.map(product, jnp.moveaxis(lhs, axis, 0)), 0, axis)
+  return jnp.stack([product(lax.index_in_dim(lhs, i, axis, keepdims=False))
                     for i in range(lhs.shape[axis])], axis=axis)
 
 

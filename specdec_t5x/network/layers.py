@@ -71,11 +71,17 @@ class LayerNorm(nn.Module):
 
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  decode_kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = jnp.asarray(x, jnp.float32)
-    mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
+    mean_square = lambda x: jnp.mean(lax.square(x), axis=-1, keepdims=True)
+    if kernels.runs_per_position(x, self.decode_kernels):
+      # XLA:CPU sums a row differently depending on how many rows there are.
+      mean2 = kernels.per_position(mean_square, x)
+    else:
+      mean2 = mean_square(x)
     y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
     scale = param_with_axes('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32,
                             axes=('embed',))

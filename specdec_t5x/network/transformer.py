@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from specdec_t5x.network import kernels
 from specdec_t5x.network.attention import (
   MultiHeadDotProductAttention,
   combine_masks,
@@ -33,6 +34,12 @@ from specdec_t5x.network.layers import (
 )
 
 Array = jax.Array
+
+
+def _resolved(cfg: T5Config, decode: bool) -> T5Config:
+  """`cfg` with the kernels its `decode_kernels` stands for in this call (`kernels`)."""
+  return cfg.replace(decode_kernels=kernels.resolve_decode_kernels(cfg.decode_kernels,
+                                                                   cfg.dtype, decode))
 
 
 def _attention(cfg: T5Config, name: str) -> MultiHeadDotProductAttention:
@@ -85,18 +92,21 @@ class DecoderLayer(nn.Module):
                decode_positions: Array | None = None, fill_cross_cache: bool = False,
                block_bias: Array | None = None) -> Array:
     cfg = self.config
-    x = LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
+    x = LayerNorm(dtype=cfg.dtype, decode_kernels=cfg.decode_kernels,
+                  name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, 'self_attention')(
         x, x, decoder_mask, decoder_bias, decode_positions=decode_positions,
         block_bias=block_bias, cache_mode='self' if decode else 'none',
         deterministic=deterministic)
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
-    y = LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
+    y = LayerNorm(dtype=cfg.dtype, decode_kernels=cfg.decode_kernels,
+                  name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, 'encoder_decoder_attention')(
         y, encoded, encoder_decoder_mask, cache_mode='cross' if decode else 'none',
         fill_cross_cache=fill_cross_cache, deterministic=deterministic)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
-    z = LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
+    z = LayerNorm(dtype=cfg.dtype, decode_kernels=cfg.decode_kernels,
+                  name='pre_mlp_layer_norm')(y)
     z = _mlp(cfg)(z, deterministic=deterministic)
     return _dropout(cfg)(z, deterministic=deterministic) + y
 
@@ -114,7 +124,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Array | None = None,
                deterministic: bool = False) -> Array:
-    cfg = self.config
+    cfg = _resolved(self.config, decode=False)
     batch, length = encoder_input_tokens.shape
     positions = jnp.broadcast_to(jnp.arange(length), (1, length))
     encoder_bias = _relpos(cfg)(positions, length, bidirectional=True)
@@ -140,7 +150,7 @@ class Decoder(nn.Module):
                decode: bool = False, max_decode_length: int | None = None,
                decoder_input_embeddings: Array | None = None,
                fill_cross_cache: bool = False) -> Array:
-    cfg = self.config
+    cfg = _resolved(self.config, decode)
     batch, num_queries = decoder_input_tokens.shape
     relpos = _relpos(cfg)
 
@@ -173,7 +183,8 @@ class Decoder(nn.Module):
           deterministic=deterministic, decode=decode,
           decode_positions=query_positions if decode else None,
           fill_cross_cache=fill_cross_cache, block_bias=block_bias)
-    y = LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
+    y = LayerNorm(dtype=cfg.dtype, decode_kernels=cfg.decode_kernels,
+                  name='decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
 
     if cfg.logits_via_embedding:
