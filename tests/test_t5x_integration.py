@@ -883,10 +883,11 @@ def infer_assets(tiny_t5x, draft_checkpoints, tmp_path_factory):
 
 
 def run_t5x_infer(assets, name: str, target: str, speculative_bindings: list[str] | None,
-                  mode: str = 'predict', draft_gin: str | None = None) -> list[dict]:
+                  mode: str = 'predict', draft_gin: str | None = None,
+                  model_gin: str = 'model.gin', params_dtype: str = 'float32') -> list[dict]:
   """Runs `python -m t5x.infer` on the tiny task; returns the jsonl rows."""
   output_dir = assets['root'] / name
-  gin_files = [str(assets['root'] / 'model.gin'), 't5x/configs/runs/infer.gin']
+  gin_files = [str(assets['root'] / model_gin), 't5x/configs/runs/infer.gin']
   if speculative_bindings is not None:
     gin_files.append('gin/speculative.gin')
   if draft_gin is not None:
@@ -899,7 +900,7 @@ def run_t5x_infer(assets, name: str, target: str, speculative_bindings: list[str
       f'--gin.INFER_OUTPUT_DIR="{output_dir}"',
       f'--gin.infer.mode="{mode}"',
       '--gin.utils.DatasetConfig.batch_size=4',
-      '--gin.utils.RestoreCheckpointConfig.dtype="float32"',
+      f'--gin.utils.RestoreCheckpointConfig.dtype="{params_dtype}"',
   ] + [f'--gin.{b}' for b in speculative_bindings or []]
   _run(args, PYTHONPATH=str(assets['root'] / 'task_module'))
   jsonl = output_dir / f'{TASK_NAME}-{mode}.jsonl-00000-of-00001'
@@ -958,6 +959,26 @@ def test_t5x_infer_with_a_draft_from_files_equals_t5x_greedy(infer_assets, infer
   for field in ('prediction_tokens', 'prediction'):
     assert [r[field] for r in rows] == [r[field] for r in infer_baseline], field
   assert all(0.0 <= row['aux']['speculative_beta_mean'] <= 1.0 for row in rows)
+
+
+@requires_t5x
+@pytest.mark.slow
+def test_t5x_infer_bfloat16_speculative_equals_greedy_with_our_network(infer_assets):
+  """t5x.infer, target restored and computing in bfloat16 with our network: GAMMA=3 = greedy."""
+  root = infer_assets['root']
+  (root / 'model_ours_bfloat16.gin').write_text(
+      (root / 'model.gin').read_text().replace('from t5x.examples.t5 import network',
+                                               'from specdec_t5x import network')
+      + "network.T5Config.dtype = 'bfloat16'\n")
+  run = functools.partial(run_t5x_infer, infer_assets, target='orbax',
+                          model_gin='model_ours_bfloat16.gin', params_dtype='bfloat16')
+  baseline = run(name='ours_bfloat16', speculative_bindings=None)
+  rows = run(name='spec_bfloat16', mode='predict_with_aux', speculative_bindings=[
+      f'DRAFT_CHECKPOINT="{infer_assets["drafts"]["orbax"]}"', 'DRAFT_CONFIG="test_tiny"',
+      'GAMMA=3'])
+  for field in ('inputs', 'prediction_tokens', 'prediction'):
+    assert [r[field] for r in rows] == [r[field] for r in baseline], field
+  assert sum(row['aux']['speculative_accepted'] for row in rows) > 0
 
 
 @requires_t5x
