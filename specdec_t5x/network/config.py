@@ -28,8 +28,10 @@ class T5Config:
   how the decoder step runs its products and cache writes, 'auto' (the
   CPU-tuned paths iff `jax.default_backend()` is CPU when a call is traced),
   'cpu' (always) or 'plain' (never: one `dot_general` / `einsum` per product,
-  vmapped cache writes); see `specdec_t5x.network.kernels` for why and for the
-  limits of 'auto'. No parameter depends on it and outputs only by rounding.
+  vmapped cache writes), or 'invariant' (each position of a decode call
+  computed as a one-position step computes it; what 'auto' is for bfloat16 on
+  CPU); see `specdec_t5x.network.kernels` for why and for the limits of
+  'auto'. No parameter depends on it and outputs only by rounding.
   It is static (not a pytree leaf) and checked here.
   """
 

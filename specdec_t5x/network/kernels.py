@@ -70,8 +70,9 @@ encoder run as under 'cpu' / 'plain'.
 `T5Config.decode_kernels` 'auto' stands for 'invariant' in bfloat16 on CPU
 (where bfloat16 is never the fast choice: float32 is) and for 'cpu' in
 float32 on CPU, which keeps the per-row paths tuned for speed and leaves the
-float32 verification call on plain products (the K-position call of
-'invariant' costs more on cpu_target: results/bfloat16/scoring_cost.md). On GPU and TPU
+float32 verification call on plain products (in float32 the one-position
+step of 'invariant' costs 11% more on cpu_target, its K >= 2 calls less on
+that host: results/bfloat16/scoring_cost.md). On GPU and TPU
 'auto' is 'plain': 'invariant' can be asked for there, but it has been
 measured on CPU only, and its per-row products read the weights once per
 row (see above).
