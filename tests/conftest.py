@@ -50,7 +50,7 @@ def _free_compiled_programs():
   process running the whole suite kept them all and passed Linux's
   vm.max_map_count (65530 regions) about halfway, where the next compile or
   cache read aborted the process (CI of stop 24, twice here; the count grew
-  by ~4500 regions a minute). Freeing them per module keeps it flat.
+  by ~7000 regions a minute early in the suite). Freeing them per module keeps it flat.
   """
   yield
   jax.clear_caches()
