@@ -8,7 +8,7 @@ T=0 row of the paper's Table 2 (its α and γ, and the γ the measured costs mak
 optimal), with and without the real draft's step, against the theory with the
 measured costs and next to the paper's speed.
 
-  # This CPU, fp32, small + base + large (about 25 min on 2 cores):
+  # This CPU, fp32, small + base + large (2 cores: ~17 min with AVX-512, ~32 min with AVX2 only):
   JAX_PLATFORMS=cpu python scripts/bench_paper_scale.py
   # One GPU, bf16, xl and xxl as targets (sized for under 8 min):
   python scripts/bench_paper_scale.py --accelerator

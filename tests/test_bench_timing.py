@@ -89,3 +89,14 @@ def test_command_line_names_no_absolute_path(monkeypatch):
   assert 'scripts/sweep.py --dry-run' in command and str(paths.repo_root()) not in command
   facts = machine.machine_facts()
   assert facts['nproc'] >= 1 and facts['jax_backend'] == jax.default_backend()
+
+
+def test_cpu_vector_isa_reads_the_widest_flag(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n')
+  assert machine.cpu_vector_isa(cpuinfo) == 'avx2'
+  cpuinfo.write_text('flags\t\t: avx2 avx512f avx512bw\n')
+  assert machine.cpu_vector_isa(cpuinfo) == 'avx512f'
+  cpuinfo.write_text('processor\t: 0\n')
+  assert machine.cpu_vector_isa(cpuinfo) == 'unknown'
+  assert machine.cpu_vector_isa(tmp_path / 'absent') == 'unknown'

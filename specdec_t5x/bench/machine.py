@@ -27,6 +27,22 @@ def cpu_model() -> str:
   return platform.processor() or 'unknown'
 
 
+def cpu_vector_isa(cpuinfo: pathlib.Path = pathlib.Path('/proc/cpuinfo')) -> str:
+  """The widest x86 vector extension /proc/cpuinfo lists ('avx512f', 'avx2', ...), else 'unknown'.
+
+  Speed ratios depend on it: on a 2-core AMD EPYC without AVX-512 (Zen 3) the
+  verification call of 5-8 positions of t5_1_1_large cost 2.9-3.1 target steps,
+  on one with AVX-512 1.2-1.5 (results/paper_scale.md of 2026-12-01 and -03).
+  """
+  if not cpuinfo.exists():
+    return 'unknown'
+  for line in cpuinfo.read_text(encoding='utf-8', errors='replace').splitlines():
+    if line.startswith('flags'):
+      flags = set(line.split(':', 1)[1].split())
+      return next((isa for isa in ('avx512f', 'avx2', 'avx', 'sse4_2') if isa in flags), 'unknown')
+  return 'unknown'
+
+
 def num_cpus() -> int:
   """The CPUs this process may run on."""
   if hasattr(os, 'sched_getaffinity'):
@@ -44,6 +60,8 @@ def machine_facts() -> dict[str, Any]:
   return dict(
       nproc=num_cpus(),
       cpu_model=cpu_model(),
+      cpu_vector_isa=cpu_vector_isa(),
+      l3_cache_mb=(l3_cache_bytes() or 0) / 2**20,
       platform=platform.platform(),
       python=platform.python_version(),
       jax=jax.__version__,
