@@ -4,14 +4,18 @@ A profile (`adaptive.CostProfile`) says what one iteration of the loop costs
 at each γ ∈ {0..max_gamma} relative to one at γ = 0 (a plain target step).
 `measure_profile` times the very program `gamma='auto'` runs, with γ pinned
 (`AutoGamma.forced_gamma`) and a fixed number of iterations: the time of a
-long run (sized to last about `SAMPLE_S`) minus that of
-`SHORT_RUN` iterations, over their difference, cancels the encoder, the
-cache set-up and the dispatch. Rounds
-time every γ once in a fresh random order and the ratios are paired within a
-round (the machine may be shared). The short runs also give the profile's
-`start_cost`: a one-iteration run at γ = 1 less one at γ = 0 is the draft's
-first use (its encoder and set-up) plus the difference of one iteration.
-It takes a few seconds after compilation, which the decoding call that
+long run minus that of `SHORT_RUN` iterations, over their difference,
+cancels the encoder, the cache set-up and the dispatch. A long run lasts
+`SAMPLE_S` beyond a short one, and at least `LONG_OVER_SHORT` short runs: on
+the CPU family at batch 16 with 208-token inputs a short run (mostly the
+encoder) takes ~0.7 s and varies by tens of ms, which drowned a 40 ms
+difference (γ = 1's cost ranged over 0.89-1.84 in one calibration,
+2026-12-03). Rounds time every γ once in a fresh random order and the ratios
+are paired within a round (the machine may be shared). The profile's
+`start_cost`, the draft's first use in a request, is the draft's `init` (its
+encoder and cache) timed on its own, in plain steps: as the difference of two
+short runs it was the difference of two ~0.7 s times, and ranged over -7..7
+steps. It takes seconds after compilation, which the decoding call that
 follows reuses.
 
 The cost depends on the models, the batch size, the encoder and decode
@@ -23,6 +27,7 @@ key (`profile_key`); `cached_profile` keeps one JSON file per key under
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -43,10 +48,14 @@ Array = jax.Array
 
 SHORT_RUN = 1
 SAMPLE_S = 0.04
+LONG_OVER_SHORT = 1.0
 MIN_LONG_RUN = 16
 MIN_ITERATION_S = 5e-6
 ROUNDS = 7
 PROFILE_DIR = 'gamma_profiles'
+# How profiles are measured; a cached profile of another method is measured again.
+# 2: long runs scale with the short run, and the start is the draft's init timed alone.
+PROFILE_METHOD = 2
 # An id no token has: the measured rows never end early.
 _NO_EOS = -1
 
@@ -80,10 +89,14 @@ def profile_key(target_module: nn.Module, target_params: Any, drafter: Any,
           f'G{max_gamma}-{jax.default_backend()}-{digest}')
 
 
-def _run_time(run: Any, forced_gamma: int, iterations: int) -> float:
+def _seconds(fn: Any, *args: Any) -> float:
   start = time.perf_counter()
-  jax.block_until_ready(run(forced_gamma, iterations))
+  jax.block_until_ready(fn(*args))
   return time.perf_counter() - start
+
+
+def _run_time(run: Any, forced_gamma: int, iterations: int) -> float:
+  return _seconds(run, forced_gamma, iterations)
 
 
 def monotone_costs(costs: list[float]) -> list[float]:
@@ -103,7 +116,7 @@ def monotone_costs(costs: list[float]) -> list[float]:
 
 
 def _long_run(run: Any, gamma: int) -> int:
-  """Iterations at `gamma` that take about `SAMPLE_S` beyond a short run.
+  """Iterations at `gamma` that take about max(`SAMPLE_S`, `LONG_OVER_SHORT` short runs) more.
 
   An iteration is taken to last at least `MIN_ITERATION_S`: on tiny models the
   probe's time can drown in the short run's noise, and a near-zero estimate
@@ -113,27 +126,36 @@ def _long_run(run: Any, gamma: int) -> int:
   probe = SHORT_RUN + 4 * MIN_LONG_RUN
   per_iteration = max((_run_time(run, gamma, probe) - short) / (probe - SHORT_RUN),
                       MIN_ITERATION_S)
-  return SHORT_RUN + max(MIN_LONG_RUN, round(SAMPLE_S / per_iteration))
+  extra_s = max(SAMPLE_S, LONG_OVER_SHORT * short)
+  return SHORT_RUN + max(MIN_LONG_RUN, round(extra_s / per_iteration))
 
 
-def _timed_rounds(run: Any, long_runs: list[int], rounds: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """`(short, long)`, each `[rounds, G + 1]` seconds: each γ once a round, in shuffled order."""
+@functools.partial(jax.jit, static_argnames=('cache_length',))
+def _drafter_init(drafter: Any, encoder_input_tokens: Array, cache_length: int) -> Any:
+  return drafter.init(encoder_input_tokens, cache_length)
+
+
+def _timed_rounds(run: Any, long_runs: list[int], rounds: int, seed: int,
+                  init: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`(short, long, init)`: `[rounds, G + 1]` seconds each γ, in shuffled order per round,
+  and `[rounds]` seconds of `init()` (the draft's start), timed in the same rounds."""
   order = random.Random(seed)
   short, long = np.zeros((2, rounds, len(long_runs)))
+  init_s = np.zeros(rounds)
   for index in range(rounds):
     gammas = list(range(len(long_runs)))
     order.shuffle(gammas)
     for gamma in gammas:
       short[index, gamma] = _run_time(run, gamma, SHORT_RUN)
       long[index, gamma] = _run_time(run, gamma, long_runs[gamma])
-  return short, long
+    init_s[index] = _seconds(init)
+  return short, long, init_s
 
 
-def _costs(short: np.ndarray, long: np.ndarray,
-           long_runs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _costs(short: np.ndarray, long: np.ndarray, long_runs: list[int],
+           init_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """`(ratios [rounds, G + 1], starts [rounds])`: per round, each γ's iteration over γ = 0's,
-  and the draft's first use in plain steps (the one-iteration runs at γ = 1 and 0 apart).
+  and the draft's start (`init_s [rounds]` seconds) in plain steps.
 
   Ratios are paired within a round, so load that drifts between rounds
   cancels; taking each run's fastest over the rounds instead moved γ = 1's
@@ -142,9 +164,7 @@ def _costs(short: np.ndarray, long: np.ndarray,
   """
   per_iteration = (long - short) / (np.asarray(long_runs) - SHORT_RUN)
   per_iteration = np.maximum(per_iteration, 1e-9)
-  starts = (short[:, 1] - short[:, 0]
-            - SHORT_RUN * (per_iteration[:, 1] - per_iteration[:, 0])) / per_iteration[:, 0]
-  return per_iteration / per_iteration[:, :1], starts
+  return per_iteration / per_iteration[:, :1], init_s / per_iteration[:, 0]
 
 
 def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
@@ -166,8 +186,11 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
   _run_time(run, 0, SHORT_RUN)  # compiles
   compiled_s = time.perf_counter() - started
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
-  short, long = _timed_rounds(run, long_runs, rounds, seed)
-  ratios, starts = _costs(short, long, long_runs)
+  cache_length = speculative_loop.decode_cache_length(drafter, max_gamma, max_decode_len)
+  init = lambda: _drafter_init(drafter, encoder_input_tokens, cache_length)
+  jax.block_until_ready(init())  # compiles
+  short, long, init_s = _timed_rounds(run, long_runs, rounds, seed, init)
+  ratios, starts = _costs(short, long, long_runs, init_s)
   medians = np.median(ratios, axis=0).tolist()
   batch, encoder_length = encoder_input_tokens.shape
   key = profile_key(target_module, target_params, drafter, batch, encoder_length,
@@ -176,7 +199,8 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
       tuple(monotone_costs(medians)), key=key, start_cost=max(float(np.median(starts)), 0.0),
       details={'measured': datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec='seconds'),
-               'rounds': rounds, 'iterations': [SHORT_RUN, long_runs],
+               'method': PROFILE_METHOD, 'rounds': rounds,
+               'iterations': [SHORT_RUN, long_runs],
                'compile_s': round(compiled_s, 2),
                'measure_s': round(time.perf_counter() - started - compiled_s, 2),
                'ratio_medians': [round(m, 4) for m in medians],
@@ -196,7 +220,9 @@ def cached_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                     max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
   path = paths.cache_dir(PROFILE_DIR) / f'{key}.json'
   if path.is_file():
-    return adaptive.CostProfile.load(path)
+    cached = adaptive.CostProfile.load(path)
+    if cached.details.get('method') == PROFILE_METHOD:
+      return cached
   profile = measure_profile(target_module, target_params, drafter, encoder_input_tokens,
                             max_gamma=max_gamma, max_decode_len=max_decode_len,
                             sampling=sampling)

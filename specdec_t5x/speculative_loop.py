@@ -179,7 +179,9 @@ def iteration(state: SpeculativeState, request: Request, target_module: nn.Modul
       gamma_iterations=state.gamma_iterations.at[:, gamma].add(active))
 
 
-def _cache_length(drafter: drafters_lib.Drafter, max_gamma: int, max_decode_len: int) -> int:
+def decode_cache_length(drafter: drafters_lib.Drafter, max_gamma: int,
+                        max_decode_len: int) -> int:
+  """The positions of the target's and the drafter's caches in a decode of these sizes."""
   # A row at length T may still be scored (and ignored): T + G + 1 positions,
   # plus the drafter's extra positions after them.
   return max_decode_len + max_gamma + 1 + drafters_lib.num_extra_positions(drafter)
@@ -194,7 +196,7 @@ def _ready_drafter(state: SpeculativeState, policy: adaptive.AutoGamma, request:
                    drafter: drafters_lib.Drafter, max_decode_len: int) -> SpeculativeState:
   """Initializes the drafter on its first proposal (a request at γ = 0 never pays for it)."""
   def init(state: SpeculativeState) -> SpeculativeState:
-    cache_length = _cache_length(drafter, policy.max_gamma, max_decode_len)
+    cache_length = decode_cache_length(drafter, policy.max_gamma, max_decode_len)
     return state.replace(drafter_state=drafter.init(request.encoder_input_tokens, cache_length),
                          drafter_ready=jnp.bool_(True))
 
@@ -302,7 +304,7 @@ def _init_state(target_module: nn.Module, target_params: Any, drafter: drafters_
                 request: Request, rng: Array, policy: adaptive.AutoGamma | None, *,
                 max_gamma: int, max_decode_len: int) -> SpeculativeState:
   batch = request.encoder_input_tokens.shape[0]
-  cache_length = _cache_length(drafter, max_gamma, max_decode_len)
+  cache_length = decode_cache_length(drafter, max_gamma, max_decode_len)
   init_drafter = lambda: drafter.init(request.encoder_input_tokens, cache_length)
   # With gamma='auto' a drafter that only proposes is initialized when it first does
   # (`_ready_drafter`); until then its state is zeros of the right shapes.

@@ -93,9 +93,21 @@ def test_calibration_measures_caches_and_checks(tmp_path, monkeypatch):
   assert list(profile.iteration_cost) == sorted(profile.iteration_cost)
   files = list((tmp_path / calibration.PROFILE_DIR).glob('*.json'))
   assert [f.stem for f in files] == [profile.key]
+  assert profile.details['method'] == calibration.PROFILE_METHOD
+  # The draft's start is its init timed alone: a drafter's encoder is never free.
+  assert profile.start_cost > 0
   # The second call reads the file instead of measuring.
+  real_measure = calibration.measure_profile
   monkeypatch.setattr(calibration, 'measure_profile', lambda *a, **k: pytest.fail('measured'))
   assert calibration.cached_profile(module, target, drafter, tokens, **shapes) == profile
+  # A file of another measuring method is measured again (and replaced).
+  old = adaptive.CostProfile(profile.iteration_cost, key=profile.key,
+                             details={**profile.details, 'method': 1})
+  old.save(files[0])
+  monkeypatch.setattr(calibration, 'measure_profile', lambda *a, **k: profile)
+  assert calibration.cached_profile(module, target, drafter, tokens, **shapes) == profile
+  assert adaptive.CostProfile.load(files[0]) == profile
+  monkeypatch.setattr(calibration, 'measure_profile', real_measure)
   got = decoding.speculative_decode(module, target, drafter, tokens, gamma='auto', max_gamma=3,
                                     max_decode_len=MAX_LEN, cost_profile=files[0])
   assert_same(decoding.autoregressive_decode(module, target, tokens, max_decode_len=MAX_LEN),
