@@ -87,3 +87,23 @@ def test_a_cheap_draft_plugs_in_through_its_builder(tmp_path):
   assert 0.0 <= record['alpha_beta'] <= 1.0 and record['c'] > 0
   with pytest.raises(registry.DraftUnavailable, match='no n-gram counts'):
     context.drafter('missing', 'ende')
+
+
+def test_interleaved_repeats_the_batches_until_min_samples_alternating_order():
+  calls = []
+
+  def run(name):
+    def decode(index):
+      calls.append((name, index))
+      return (0.5 if name == 'spec' else 1.0), _outputs([0.5, 0.5], [1, 1], [0, 0], [1, 1])[
+          0 if name == 'ar' else 1]
+    return decode
+
+  cell = sweep.Cell('throughput', 'ende', 'small', 0.0, 4, 16, 32)  # 2 batches
+  rows = measure._interleaved(cell, run('ar'), run('spec'), min_samples=5)
+  assert len(rows['autoregressive_s']) == 6  # 3 passes over 2 batches
+  # Each batch's first decoder alternates from pass to pass.
+  firsts = [calls[i] for i in range(0, len(calls), 2)]
+  assert firsts == [('ar', 0), ('spec', 1), ('spec', 0), ('ar', 1), ('ar', 0), ('spec', 1)]
+  assert len(rows['mismatched_rows']) == 2  # outputs are compared in the first pass only
+  assert len(measure._interleaved(cell, run('ar'), run('spec'))['autoregressive_s']) == 2

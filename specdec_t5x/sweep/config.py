@@ -131,12 +131,16 @@ class TimingSpec:
     call and the drafter's proposal (medians of per-round ratios).
   step_sample_ms: how long one timed sample of chained calls lasts.
   step_prefix: the decoder position at which step costs are timed.
+  min_samples: paired (autoregressive, speculative) timings per cell at least:
+    the batches are decoded again, in alternating order, until there are as
+    many (32 inputs at batch 16 are 2 batches: 2 samples on a noisy machine).
   """
 
   warmup_runs: int = 1
   step_rounds: int = 7
   step_sample_ms: float = 30.0
   step_prefix: int = 8
+  min_samples: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,9 +338,9 @@ def config_from_dict(raw: Mapping[str, Any], config_dir: str | os.PathLike = '.'
   _check_keys('timing', timing_raw, [], [f.name for f in dataclasses.fields(TimingSpec)])
   timing = TimingSpec(**timing_raw)
   if timing.warmup_runs < 0 or timing.step_rounds < 1 or timing.step_sample_ms <= 0 \
-      or timing.step_prefix < 0:
+      or timing.step_prefix < 0 or timing.min_samples < 1:
     raise ValueError(f'timing needs warmup_runs >= 0, step_rounds >= 1, step_sample_ms > 0, '
-                     f'step_prefix >= 0; got {timing}')
+                     f'step_prefix >= 0, min_samples >= 1; got {timing}')
   sections = {name: _parse_section(name, raw[name], tasks, drafts_)
               for name in ('grid', 'throughput') if raw.get(name) is not None}
   if not sections and raw.get('peer_hf') is None:

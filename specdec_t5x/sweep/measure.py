@@ -119,17 +119,25 @@ def add_batch(rows: dict[str, list], ar_s: float, ar: decoding.DecodeOutput, spe
     rows['gamma_iterations'].append(np.asarray(spec.gamma_iterations).sum(axis=0).tolist())
 
 
-def _interleaved(cell: Cell, autoregressive: Run, speculative: Run) -> dict[str, list]:
-  """Both decoders on every batch; which goes first alternates, so drifting load hits both."""
+def _interleaved(cell: Cell, autoregressive: Run, speculative: Run,
+                 min_samples: int = 1) -> dict[str, list]:
+  """Both decoders on every batch, in passes until there are `min_samples` pairs.
+
+  Which decoder goes first alternates from batch to batch and pass to pass, so
+  drifting load hits both. Greedy outputs are compared in the first pass.
+  """
   rows: dict[str, list] = {name: [] for name in ROW_NAMES + AUTO_ROW_NAMES * cell.is_auto}
-  for index in range(cell.num_batches):
-    if index % 2 == 0:
-      ar_s, ar = autoregressive(index)
-      spec_s, spec = speculative(index)
-    else:
-      spec_s, spec = speculative(index)
-      ar_s, ar = autoregressive(index)
-    add_batch(rows, ar_s, ar, spec_s, spec, greedy=cell.temperature == 0.0)
+  passes = -(-min_samples // cell.num_batches)
+  for pass_index in range(passes):
+    for index in range(cell.num_batches):
+      if (index + pass_index) % 2 == 0:
+        ar_s, ar = autoregressive(index)
+        spec_s, spec = speculative(index)
+      else:
+        spec_s, spec = speculative(index)
+        ar_s, ar = autoregressive(index)
+      add_batch(rows, ar_s, ar, spec_s, spec,
+                greedy=cell.temperature == 0.0 and pass_index == 0)
   return rows
 
 
@@ -190,7 +198,7 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   for _ in range(config.timing.warmup_runs):
     autoregressive(0)
     speculative(0)
-  rows = _interleaved(cell, autoregressive, speculative)
+  rows = _interleaved(cell, autoregressive, speculative, config.timing.min_samples)
   step_costs = ({} if cell.is_auto
                 else _step_costs(cell, context, target, drafter, batches[0], first))
   record = summarize_cell(cell, rows, step_costs)
