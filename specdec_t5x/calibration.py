@@ -27,7 +27,6 @@ key (`profile_key`); `cached_profile` keeps one JSON file per key under
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from specdec_t5x import adaptive, paths, speculative_loop
+from specdec_t5x import drafters as drafters_lib
 from specdec_t5x import sampling as sampling_lib
 
 Array = jax.Array
@@ -95,10 +95,6 @@ def _seconds(fn: Any, *args: Any) -> float:
   return time.perf_counter() - start
 
 
-def _run_time(run: Any, forced_gamma: int, iterations: int) -> float:
-  return _seconds(run, forced_gamma, iterations)
-
-
 def monotone_costs(costs: list[float]) -> list[float]:
   """The non-decreasing sequence closest to `costs` in least squares (pool adjacent violators).
 
@@ -122,17 +118,12 @@ def _long_run(run: Any, gamma: int) -> int:
   probe's time can drown in the short run's noise, and a near-zero estimate
   would ask for millions of iterations.
   """
-  short = statistics.median(_run_time(run, gamma, SHORT_RUN) for _ in range(3))
+  short = statistics.median(_seconds(run, gamma, SHORT_RUN) for _ in range(3))
   probe = SHORT_RUN + 4 * MIN_LONG_RUN
-  per_iteration = max((_run_time(run, gamma, probe) - short) / (probe - SHORT_RUN),
+  per_iteration = max((_seconds(run, gamma, probe) - short) / (probe - SHORT_RUN),
                       MIN_ITERATION_S)
   extra_s = max(SAMPLE_S, LONG_OVER_SHORT * short)
   return SHORT_RUN + max(MIN_LONG_RUN, round(extra_s / per_iteration))
-
-
-@functools.partial(jax.jit, static_argnames=('cache_length',))
-def _drafter_init(drafter: Any, encoder_input_tokens: Array, cache_length: int) -> Any:
-  return drafter.init(encoder_input_tokens, cache_length)
 
 
 def _timed_rounds(run: Any, long_runs: list[int], rounds: int, seed: int,
@@ -146,8 +137,8 @@ def _timed_rounds(run: Any, long_runs: list[int], rounds: int, seed: int,
     gammas = list(range(len(long_runs)))
     order.shuffle(gammas)
     for gamma in gammas:
-      short[index, gamma] = _run_time(run, gamma, SHORT_RUN)
-      long[index, gamma] = _run_time(run, gamma, long_runs[gamma])
+      short[index, gamma] = _seconds(run, gamma, SHORT_RUN)
+      long[index, gamma] = _seconds(run, gamma, long_runs[gamma])
     init_s[index] = _seconds(init)
   return short, long, init_s
 
@@ -183,11 +174,11 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                                    sampling=sampling, eos_id=jnp.int32(_NO_EOS)).lengths
 
   started = time.perf_counter()
-  _run_time(run, 0, SHORT_RUN)  # compiles
+  _seconds(run, 0, SHORT_RUN)  # compiles
   compiled_s = time.perf_counter() - started
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
   cache_length = speculative_loop.decode_cache_length(drafter, max_gamma, max_decode_len)
-  init = lambda: _drafter_init(drafter, encoder_input_tokens, cache_length)
+  init = lambda: drafters_lib.jitted_init(drafter, encoder_input_tokens, cache_length)
   jax.block_until_ready(init())  # compiles
   short, long, init_s = _timed_rounds(run, long_runs, rounds, seed, init)
   ratios, starts = _costs(short, long, long_runs, init_s)

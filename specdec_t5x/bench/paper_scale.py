@@ -195,7 +195,7 @@ def draft_costs(module: Any, params: Any, draft_module: Any, draft_params: Any,
   cache_length = length + max(KS) + 1
   drafter = drafters.ModelDrafter(draft_module, draft_params)
   encoder = jnp.asarray(inputs[:1])
-  init = _median_time(functools.partial(timing.drafter_init, drafter, encoder, cache_length), 5)
+  init = _median_time(functools.partial(drafters.jitted_init, drafter, encoder, cache_length), 5)
   by_gamma = {}
   for gamma in sorted(set(gammas)):
     step = timing.step_costs(module, params, drafter, inputs[:1], reference[:1], gamma=gamma,

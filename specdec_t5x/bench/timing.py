@@ -160,13 +160,6 @@ def chained_proposals(drafter: drafters.Drafter, state: Any, sequences: Array, l
   return jax.lax.fori_loop(0, calls, body, (state, sequences, jnp.float32(0.0)))[2]
 
 
-@functools.partial(jax.jit, static_argnames=('cache_length',))
-def drafter_init(drafter: drafters.Drafter, encoder_input_tokens: Array,
-                 cache_length: int) -> Any:
-  """`drafter.init`, jitted (a model draft encodes and builds its cache here)."""
-  return drafter.init(encoder_input_tokens, cache_length)
-
-
 def _iqr(values: np.ndarray) -> list[float]:
   return [float(np.quantile(values, 0.25)), float(np.quantile(values, 0.75))]
 
@@ -297,7 +290,7 @@ def _step_cost_runs(module: nn.Module, params: Any, drafter: drafters.Drafter,
   sequences = np.zeros((batch, max_decode_len + gamma + 2), np.int32)
   sequences[:, 1:1 + decoded_tokens.shape[1]] = decoded_tokens
   sequences = jnp.asarray(sequences)
-  draft_state = drafter_init(drafter, encoder_tokens, cache_length)
+  draft_state = drafters.jitted_init(drafter, encoder_tokens, cache_length)
   rng = jax.random.PRNGKey(seed)
   token_blocks = {'step': jnp.full((batch, 1), 3, jnp.int32),
                   'score': jnp.full((batch, scored), 3, jnp.int32)}

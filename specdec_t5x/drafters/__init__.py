@@ -19,6 +19,7 @@ from specdec_t5x.drafters.base import (
     catch_up,
     check_vocab_compatible,
     draw,
+    jitted_init,
     last_inputs,
     num_extra_positions,
     read_drafter_file,
@@ -50,7 +51,7 @@ __all__ = [
     'BUILDERS', 'DEFAULT_SMOOTHING', 'VOCAB_PADDING_MULTIPLE', 'BigramDrafter', 'DraftUnavailable',
     'Drafter', 'DrafterSpec', 'ExtraPositionsDrafter', 'ModelDraftState', 'ModelDrafter',
     'NgramCounts', 'PassDraftState', 'PassDrafter', 'UnigramDrafter', 'align_logits',
-    'build_drafter', 'catch_up', 'check_vocab_compatible', 'draw', 'for_gamma', 'last_inputs',
-    'load_counts', 'load_drafters', 'load_pass_drafter', 'num_extra_positions',
+    'build_drafter', 'catch_up', 'check_vocab_compatible', 'draw', 'for_gamma', 'jitted_init',
+    'last_inputs', 'load_counts', 'load_drafters', 'load_pass_drafter', 'num_extra_positions',
     'read_drafter_file', 'save_counts',
 ]

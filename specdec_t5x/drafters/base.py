@@ -35,6 +35,7 @@ This module also holds what every drafter shares: reading its `.npz` file
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, Protocol
@@ -103,6 +104,13 @@ def catch_up(drafter: Drafter, state: Any, sequences: Array, lengths: Array) -> 
 def num_extra_positions(drafter: Drafter) -> int:
   """How many positions `drafter` appends to the target's scoring call (0 for most drafters)."""
   return int(getattr(drafter, 'num_extra_positions', 0))
+
+
+@functools.partial(jax.jit, static_argnames=('cache_length',))
+def jitted_init(drafter: Drafter, encoder_input_tokens: Array, cache_length: int) -> Any:
+  """`drafter.init`, jitted: what a request pays to start the draft (a model draft encodes
+  `encoder_input_tokens [B, L]` and builds its cache of `cache_length` positions here)."""
+  return drafter.init(encoder_input_tokens, cache_length)
 
 
 def read_drafter_file(path: str | os.PathLike, file_format: str, what: str,
