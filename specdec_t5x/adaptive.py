@@ -20,16 +20,17 @@ so from γ = 0 a γ > 0 counts at speed(γ) / (1 + speed(γ)·start_cost / H),
 with H the positions the longest-running row may still emit.
 
 The estimate starts from a prior (`alpha_prior`, worth `prior_weight`
-verified positions) and forgets old positions at rate `1 / memory`. While γ
-is 0 nothing is verified, so the estimate cannot move: with `probe_every`
-> 0, after that many iterations at γ = 0 the loop spends one iteration at
-γ = 1 to look again, and each probe that does not change its mind doubles
-the wait. Probes are off by default: on the CPU family a probe (the draft's
-first use in the request, its catching up, one γ = 1 iteration) cost ~3
-target steps, 7% of a 25-token request that then stayed at γ = 0 (measured
-2026-12-02); a request that starts at γ = 0 stays there. A caller that
-decodes many requests carries the estimate from one to the next with
-`carry_alpha`, so that only the first starts from the bare prior. The
+verified positions): by default the α the calibration measured for these
+models (`profile_prior`), else 0.5 worth 4 positions. It forgets old
+positions at rate `1 / memory`. While γ is 0 nothing is verified, so the
+estimate cannot move: with `probe_every` > 0, after that many iterations at
+γ = 0 the loop spends one iteration at γ = 1 to look again, and each probe
+that does not change its mind doubles the wait. Probes are off by default:
+on the CPU family a probe (the draft's first use in the request, its
+catching up, one γ = 1 iteration) cost ~3 target steps, 7% of a 25-token
+request that then stayed at γ = 0 (measured 2026-12-02); a request that
+starts at γ = 0 stays there. A caller that decodes many requests carries the
+estimate from one to the next with `carry_alpha`. The
 current γ is kept unless another is expected to be `switch_margin` faster.
 
 Outputs stay exact whatever γ is chosen: speculative sampling returns the
@@ -38,14 +39,9 @@ target's distribution for any γ, and here γ depends only on the past.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-import json
-import math
-import os
-import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -53,100 +49,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from specdec_t5x.cost_profile import PROFILE_FORMAT, CostProfile, prior_settings
+
 Array = jax.Array
+
+__all__ = ['AUTO', 'PROFILE_FORMAT', 'AutoGamma', 'CostProfile', 'PolicyState', 'alpha_estimate',
+           'cached_policy', 'carry_alpha', 'choose_gamma', 'expected_speed', 'init_state',
+           'keep_going', 'make_policy', 'profile_prior', 'stays_plain', 'update']
 
 # The value of `gamma` that asks for the automatic choice.
 AUTO = 'auto'
 DEFAULT_MAX_GAMMA = 8
-PROFILE_FORMAT = 'specdec_t5x.gamma_profile.v1'
 # Probes at γ = 0 come at most this many times `probe_every` plain steps apart.
 MAX_PROBE_BACKOFF = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class CostProfile:
-  """What one loop iteration costs at each γ, relative to one at γ = 0.
-
-  Attributes:
-    iteration_cost: `[max_gamma + 1]`; element γ is an iteration that drafts
-      γ tokens and scores γ+1 positions, over a plain target step (element 0
-      is 1). It folds in γ·c, the scoring cost of γ+1 positions and the
-      loop's own work.
-    key: what the profile was measured for (`calibration.profile_key`), or
-      None for a profile given by hand; checked against the call it is used in.
-    details: free-form facts about the measurement (date, machine, rounds).
-    start_cost: what a request pays once, in plain steps, when it first
-      speculates, beyond that iteration's cost: the draft's encoder and
-      set-up.
-  """
-
-  iteration_cost: tuple[float, ...]
-  key: str | None = None
-  details: dict[str, Any] = dataclasses.field(default_factory=dict)
-  start_cost: float = 0.0
-
-  def __post_init__(self):
-    costs = tuple(float(x) for x in self.iteration_cost)
-    if len(costs) < 2:
-      raise ValueError('a cost profile needs iteration costs for γ = 0 and at least γ = 1, got '
-                       f'{len(costs)} value(s)')
-    if not all(math.isfinite(x) and x > 0 for x in costs):
-      raise ValueError(f'iteration costs must be finite and > 0, got {costs}')
-    if not (math.isfinite(self.start_cost) and self.start_cost >= 0):
-      raise ValueError(f'start_cost must be finite and >= 0, got {self.start_cost!r}')
-    object.__setattr__(self, 'iteration_cost', costs)
-    object.__setattr__(self, 'start_cost', float(self.start_cost))
-
-  @property
-  def max_gamma(self) -> int:
-    return len(self.iteration_cost) - 1
-
-  @classmethod
-  def from_theory(cls, c: float, scoring_cost: Sequence[float]) -> CostProfile:
-    """The paper's cost model: cost(γ) = γ·c + scoring_cost[γ] (element 0 is K = 1, so 1).
-
-    Args:
-      c: one draft token over one target step.
-      scoring_cost: one target call on K = 1, 2, ... positions over one on
-        a single position (`results/scoring_cost.json`'s `ratio_median`).
-    """
-    if not math.isfinite(c) or c < 0:
-      raise ValueError(f'c must be finite and >= 0, got {c!r}')
-    scoring = [float(s) / float(scoring_cost[0]) for s in scoring_cost]
-    return cls(tuple(g * c + s for g, s in enumerate(scoring)),
-               details={'from_theory': {'c': c, 'scoring_cost': list(scoring_cost)}})
-
-  def check_fits(self, max_gamma: int, key: str) -> None:
-    """Raises a ValueError unless the profile covers γ ≤ `max_gamma` of the models in `key`."""
-    if self.max_gamma < max_gamma:
-      raise ValueError(f'the cost profile covers γ ≤ {self.max_gamma} but max_gamma is '
-                       f'{max_gamma}: measure or give iteration costs for γ = 0..{max_gamma}')
-    if self.key is not None and self.key != key:
-      raise ValueError(
-          f'the cost profile was measured for other models or shapes ({self.key}) than this '
-          f'call ({key}); calibrate again (specdec_t5x.calibration.calibrate) or give a '
-          'profile without a key')
-
-  def to_json(self) -> dict[str, Any]:
-    return {'format': PROFILE_FORMAT, 'iteration_cost': list(self.iteration_cost),
-            'start_cost': self.start_cost, 'key': self.key, 'details': self.details}
-
-  def save(self, path: str | os.PathLike) -> None:
-    pathlib.Path(path).write_text(json.dumps(self.to_json(), indent=1) + '\n')
-
-  @classmethod
-  def load(cls, path: str | os.PathLike) -> CostProfile:
-    """Reads a profile written by `save`; a clear error for anything else."""
-    path = pathlib.Path(path)
-    try:
-      record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-      raise ValueError(f'cannot read the cost profile {path}: {err}') from err
-    if not isinstance(record, dict) or record.get('format') != PROFILE_FORMAT:
-      raise ValueError(f'{path} is not a cost profile of specdec_t5x (format {PROFILE_FORMAT})')
-    return cls(tuple(record['iteration_cost']), key=record.get('key'),
-               details=record.get('details') or {},
-               start_cost=record.get('start_cost', 0.0))  # older files: none measured
 
 
 @struct.dataclass
@@ -261,6 +176,12 @@ def stays_plain(profile: CostProfile, max_gamma: int, max_decode_len: int,
   """
   return _stays_plain(profile.iteration_cost, profile.start_cost, max_gamma, max_decode_len,
                       tuple(sorted(settings.items())))
+
+
+def profile_prior(profile: CostProfile, settings: Mapping[str, Any] | None = None,
+                  ) -> dict[str, Any]:
+  """`settings` whose prior is the profile's measured α, unless they give one (`prior_settings`)."""
+  return prior_settings(profile, settings or {}, _POLICY_DEFAULTS['memory'])
 
 
 def carry_alpha(beta_mean: Any, beta_count: Any, settings: Mapping[str, Any] | None = None,

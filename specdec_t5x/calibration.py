@@ -15,8 +15,10 @@ are paired within a round (the machine may be shared). The profile's
 `start_cost`, the draft's first use in a request, is the draft's `init` (its
 encoder and cache) timed on its own, in plain steps: as the difference of two
 short runs it was the difference of two ~0.7 s times, and ranged over -7..7
-steps. It takes seconds after compilation, which the decoding call that
-follows reuses.
+steps. One more decode of the same inputs, at γ = max_gamma and ending at
+EOS, measures the acceptance rate α these models reach, from which requests
+start (`adaptive.profile_prior`). It takes seconds after compilation, which
+the decoding call that follows reuses.
 
 The cost depends on the models, the batch size, the encoder and decode
 lengths, the sampling settings and the hardware, which make up the profile's
@@ -54,8 +56,9 @@ MIN_ITERATION_S = 5e-6
 ROUNDS = 7
 PROFILE_DIR = 'gamma_profiles'
 # How profiles are measured; a cached profile of another method is measured again.
-# 2: long runs scale with the short run, and the start is the draft's init timed alone.
-PROFILE_METHOD = 2
+# 2: long runs scale with the short run, and the start is the draft's init timed alone;
+# 3: and α, measured on one decode at γ = max_gamma.
+PROFILE_METHOD = 3
 # An id no token has: the measured rows never end early.
 _NO_EOS = -1
 
@@ -158,23 +161,42 @@ def _costs(short: np.ndarray, long: np.ndarray, long_runs: list[int],
   return per_iteration / per_iteration[:, :1], init_s / per_iteration[:, 0]
 
 
+def _pooled_alpha(output: Any) -> tuple[float | None, float]:
+  """`(α, positions)`: mean β over the verified positions of a `SpeculativeOutput`."""
+  count = np.asarray(output.beta_count, np.float64)
+  positions = float(count.sum())
+  if not positions:
+    return None, 0.0
+  return float(np.sum(np.asarray(output.beta_mean, np.float64) * count) / positions), positions
+
+
 def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                     encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
                     sampling: sampling_lib.SamplingConfig, rounds: int = ROUNDS,
-                    seed: int = 0) -> adaptive.CostProfile:
-  """Times the loop at each γ on `encoder_input_tokens [B, L]` (see the module docstring)."""
+                    seed: int = 0, eos_id: int | Array = 1) -> adaptive.CostProfile:
+  """Times the loop at each γ on `encoder_input_tokens [B, L]` (see the module docstring).
+
+  The profile's `alpha` is the pooled β of one decode of the same inputs at
+  γ = `max_gamma`, ending at `eos_id` as a request does: requests start from
+  it (`adaptive.profile_prior`).
+  """
   placeholder = adaptive.CostProfile((1.0,) * (max_gamma + 1))
   rng = jax.random.PRNGKey(seed)
 
-  def run(forced_gamma: int, iterations: int):
+  def decode(forced_gamma: int, iterations: int, eos: Array, past_done: bool):
     policy = adaptive.make_policy(placeholder, max_gamma, forced_gamma=forced_gamma,
-                                  max_iterations=iterations, run_past_done=True)
+                                  max_iterations=iterations, run_past_done=past_done)
     return speculative_loop.decode(target_module, target_params, drafter, encoder_input_tokens,
                                    rng, policy, gamma=None, max_decode_len=max_decode_len,
-                                   sampling=sampling, eos_id=jnp.int32(_NO_EOS)).lengths
+                                   sampling=sampling, eos_id=eos)
+
+  def run(forced_gamma: int, iterations: int):
+    return decode(forced_gamma, iterations, jnp.int32(_NO_EOS), True).lengths
 
   started = time.perf_counter()
   _seconds(run, 0, SHORT_RUN)  # compiles
+  alpha, alpha_positions = _pooled_alpha(
+      decode(max_gamma, 2**30, jnp.asarray(eos_id, jnp.int32), False))
   compiled_s = time.perf_counter() - started
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
   cache_length = speculative_loop.decode_cache_length(drafter, max_gamma, max_decode_len)
@@ -188,6 +210,7 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                     max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
   return adaptive.CostProfile(
       tuple(monotone_costs(medians)), key=key, start_cost=max(float(np.median(starts)), 0.0),
+      alpha=alpha, alpha_positions=alpha_positions,
       details={'measured': datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec='seconds'),
                'method': PROFILE_METHOD, 'rounds': rounds,
@@ -204,7 +227,8 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
 
 def cached_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                    encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
-                   sampling: sampling_lib.SamplingConfig) -> adaptive.CostProfile:
+                   sampling: sampling_lib.SamplingConfig,
+                   eos_id: int | Array = 1) -> adaptive.CostProfile:
   """The profile of this call's key from the cache, measured (and saved) if there is none."""
   batch, encoder_length = encoder_input_tokens.shape
   key = profile_key(target_module, target_params, drafter, batch, encoder_length,
@@ -216,7 +240,7 @@ def cached_profile(target_module: nn.Module, target_params: Any, drafter: Any,
       return cached
   profile = measure_profile(target_module, target_params, drafter, encoder_input_tokens,
                             max_gamma=max_gamma, max_decode_len=max_decode_len,
-                            sampling=sampling)
+                            sampling=sampling, eos_id=eos_id)
   profile.save(path)
   return profile
 
@@ -249,7 +273,8 @@ _CHECKED = _Checked()
 def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | None,
                     target_module: nn.Module, target_params: Any, drafter: Any,
                     encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
-                    sampling: sampling_lib.SamplingConfig) -> adaptive.CostProfile:
+                    sampling: sampling_lib.SamplingConfig,
+                    eos_id: int | Array = 1) -> adaptive.CostProfile:
   """The profile `speculative_decode(gamma='auto')` uses: given, read from a file, or cached.
 
   Raises:
@@ -264,7 +289,7 @@ def resolve_profile(cost_profile: adaptive.CostProfile | str | os.PathLike | Non
                        'specdec_t5x.calibration.cached_profile outside jit)')
     profile = cached_profile(target_module, target_params, drafter, encoder_input_tokens,
                              max_gamma=max_gamma, max_decode_len=max_decode_len,
-                             sampling=sampling)
+                             sampling=sampling, eos_id=eos_id)
   elif isinstance(cost_profile, adaptive.CostProfile):
     profile = cost_profile
   else:

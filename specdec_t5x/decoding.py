@@ -200,8 +200,10 @@ def speculative_decode(target_module: nn.Module, target_params: Any,
       few seconds once, then read from the cache).
     auto_settings: with gamma='auto', keyword arguments of
       `adaptive.make_policy` (alpha_prior, prior_weight, memory, probe_every,
-      switch_margin). A policy that starts at γ = 0 and cannot leave it (no
-      probes) runs `autoregressive_decode` itself (`adaptive.stays_plain`).
+      switch_margin). Without `alpha_prior`, the prior is the α the profile
+      measured, if it did (`adaptive.profile_prior`). A policy that starts at
+      γ = 0 and cannot leave it (no probes) runs `autoregressive_decode`
+      itself (`adaptive.stays_plain`).
       Decoding many requests, pass `adaptive.carry_alpha(out.beta_mean,
       out.beta_count, settings)` of one to the next: α is then learnt once,
       not from the prior in every request.
@@ -233,7 +235,8 @@ def _auto_decode(drafter: drafters_lib.Drafter, *, target_module: nn.Module, tar
   """`speculative_decode(gamma='auto')` on checked arguments."""
   profile = calibration.resolve_profile(
       cost_profile, target_module, target_params, drafter, encoder_input_tokens,
-      max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling)
+      max_gamma=max_gamma, max_decode_len=max_decode_len, sampling=sampling, eos_id=eos_id)
+  settings = adaptive.profile_prior(profile, settings)
   if adaptive.stays_plain(profile, max_gamma, max_decode_len, **settings):
     return _plain_output(_autoregressive_decode(
         target_module, target_params, encoder_input_tokens, rng, max_decode_len=max_decode_len,

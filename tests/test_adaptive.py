@@ -1,5 +1,7 @@
 """The gamma='auto' policy (`specdec_t5x.adaptive`) and cost profiles, without decoding."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,9 +90,18 @@ def test_profile_checks_and_round_trip(tmp_path):
   np.testing.assert_allclose(profile.iteration_cost, [1.0, 1.3, 1.6])
   with pytest.raises(ValueError, match='start_cost'):
     adaptive.CostProfile(COSTS, start_cost=-1.0)
-  measured = adaptive.CostProfile(COSTS, key='models-a', details={'rounds': 3}, start_cost=2.5)
+  with pytest.raises(ValueError, match='alpha must be'):
+    adaptive.CostProfile(COSTS, alpha=1.5)
+  with pytest.raises(ValueError, match='alpha_positions'):
+    adaptive.CostProfile(COSTS, alpha=0.5, alpha_positions=-1.0)
+  measured = adaptive.CostProfile(COSTS, key='models-a', details={'rounds': 3}, start_cost=2.5,
+                                  alpha=0.4, alpha_positions=90.0)
   measured.save(tmp_path / 'p.json')
   assert adaptive.CostProfile.load(tmp_path / 'p.json') == measured
+  # A file from before α was measured reads as one without α.
+  (tmp_path / 'old.json').write_text(
+      json.dumps({'format': adaptive.PROFILE_FORMAT, 'iteration_cost': [1, 2], 'key': None}))
+  assert adaptive.CostProfile.load(tmp_path / 'old.json').alpha is None
   (tmp_path / 'other.json').write_text('{"iteration_cost": [1, 2]}')
   with pytest.raises(ValueError, match='not a cost profile'):
     adaptive.CostProfile.load(tmp_path / 'other.json')
@@ -156,3 +167,24 @@ def test_speculating_from_plain_steps_must_win_back_the_start():
   # stays_plain (NumPy, before the loop) agrees with the loop's first choice.
   assert adaptive.stays_plain(profile, 4, 12) and not adaptive.stays_plain(profile, 4, 200,
                                                                           alpha_prior=0.6)
+
+
+def test_profile_prior_starts_requests_from_the_measured_alpha():
+  # Costs at which the bare prior α = 0.5 speculates but a measured α = 0.2 does not.
+  costs = (1.0, 1.3, 1.6, 1.9, 2.2)
+  assert not adaptive.stays_plain(adaptive.CostProfile(costs), 4, 64)
+  measured = adaptive.CostProfile(costs, alpha=0.2, alpha_positions=500.0)
+  settings = adaptive.profile_prior(measured)
+  assert settings['alpha_prior'] == pytest.approx(0.2)
+  assert settings['prior_weight'] == 32.0  # at most `memory` positions
+  assert adaptive.stays_plain(measured, 4, 64, **settings)
+  assert adaptive.profile_prior(measured, {'memory': 8.0})['prior_weight'] == 8.0
+  few = adaptive.CostProfile(costs, alpha=0.9, alpha_positions=3.0)
+  assert adaptive.profile_prior(few)['prior_weight'] == 3.0
+  assert not adaptive.stays_plain(few, 4, 64, **adaptive.profile_prior(few))
+  # A prior the caller gives wins; a profile without α leaves the settings alone.
+  assert adaptive.profile_prior(measured, {'alpha_prior': 0.7}) == {'alpha_prior': 0.7}
+  assert adaptive.profile_prior(adaptive.CostProfile(costs), {'memory': 8.0}) == {'memory': 8.0}
+  # A draft that always agreed measures α = 1, which make_policy takes just below 1.
+  always = adaptive.CostProfile(costs, alpha=1.0, alpha_positions=40.0)
+  adaptive.make_policy(always, 4, **adaptive.profile_prior(always))

@@ -15,7 +15,7 @@ from conftest import random_inputs
 from test_speculative_greedy import MAX_LEN, assert_same
 from test_speculative_greedy import models as greedy_models
 
-from specdec_t5x import decoding, sampling
+from specdec_t5x import adaptive, decoding, sampling
 from specdec_t5x.drafters import ngram
 
 # ------------------------------------------------------------------------------
@@ -133,6 +133,22 @@ def test_greedy_equals_autoregressive(kind, batch, gamma):
   assert_same(expected, got)
   lengths, iterations = np.asarray(got.lengths), np.asarray(got.iterations)
   assert np.all(iterations >= np.ceil(lengths / (gamma + 1))) and np.all(iterations <= lengths)
+
+
+@pytest.mark.parametrize('kind', ['unigram', 'bigram'])
+def test_greedy_auto_gamma_equals_autoregressive(kind):
+  """gamma='auto' with an n-gram draft: γ switches, to plain steps and back through probes."""
+  module, target, _ = greedy_models()
+  tokens = random_inputs(4, 9, module.config.vocab_size, 2)
+  expected = decoding.autoregressive_decode(module, target, tokens, max_decode_len=MAX_LEN)
+  profile = adaptive.CostProfile((1.0, 1.45, 1.6, 1.7, 1.95))  # the prior α = 0.5 speculates
+  got = decoding.speculative_decode(module, target, greedy_drafters()[kind], tokens,
+                                    gamma='auto', max_gamma=4, cost_profile=profile,
+                                    max_decode_len=MAX_LEN,
+                                    auto_settings=dict(probe_every=2, memory=8.0))
+  assert_same(expected, got)
+  counts = np.asarray(got.gamma_iterations).sum(axis=0)
+  assert counts[0] > 0 and counts[1:].sum() > 0, counts  # both plain steps and speculation
 
 
 def test_bigram_beats_unigram_on_the_targets_own_outputs():

@@ -96,6 +96,13 @@ def test_calibration_measures_caches_and_checks(tmp_path, monkeypatch):
   assert profile.details['method'] == calibration.PROFILE_METHOD
   # The draft's start is its init timed alone: a drafter's encoder is never free.
   assert profile.start_cost > 0
+  # α from one decode at γ = 3 that ends at EOS: the pooled β of the perturbed self-draft.
+  assert 0.0 < profile.alpha <= 1.0 and profile.alpha_positions > 0
+  out = decoding.speculative_decode(module, target, drafter, tokens, gamma=3,
+                                    max_decode_len=MAX_LEN)
+  pooled = np.sum(out.beta_mean * out.beta_count) / np.sum(out.beta_count)
+  assert profile.alpha == pytest.approx(float(pooled), rel=1e-5)
+  assert profile.alpha_positions == int(np.sum(out.beta_count))
   # The second call reads the file instead of measuring.
   real_measure = calibration.measure_profile
   monkeypatch.setattr(calibration, 'measure_profile', lambda *a, **k: pytest.fail('measured'))

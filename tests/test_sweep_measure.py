@@ -107,3 +107,14 @@ def test_interleaved_repeats_the_batches_until_min_samples_alternating_order():
   assert firsts == [('ar', 0), ('spec', 1), ('spec', 0), ('ar', 1), ('ar', 0), ('spec', 1)]
   assert len(rows['mismatched_rows']) == 2  # outputs are compared in the first pass only
   assert len(measure._interleaved(cell, run('ar'), run('spec'))['autoregressive_s']) == 2
+
+
+def test_auto_cells_calibrate_on_inputs_no_cell_times():
+  from specdec_t5x.sweep import loading
+  from specdec_t5x.sweep.config import TaskSpec
+
+  task = TaskSpec(name='toy', max_decode_len=8, synthetic={'length': 16, 'vocab_size': 50})
+  timed = loading.task_inputs(task, 4, seed=0)
+  calibration = loading.calibration_inputs(task, 4, timed.shape[1], seed=0)
+  assert calibration.shape == timed.shape and calibration.dtype == np.int32
+  assert not any((row == timed).all(axis=1).any() for row in calibration)

@@ -88,10 +88,14 @@ def test_records_hold_sane_figures(sweep_run):
       assert sum(r['gamma_iterations']) == sum(r['per_batch']['iterations']) > 0
       assert len(r['cost_profile']['iteration_cost']) == r['max_gamma'] + 1
       assert 1.0 <= r['tokens_per_iteration'] <= r['max_gamma'] + 1
-      # α is carried from batch to batch: the first starts from the default prior.
+      # α is carried from batch to batch: the first starts from the α the calibration
+      # measured on untimed inputs (the profile's), each next one from the estimate so far.
       priors = r['alpha_priors']
-      assert len(priors) == r['num_inputs'] // r['batch'] and priors[0] is None
-      assert all(p is None or 0.0 <= p < 1.0 for p in priors[1:])
+      assert len(priors) == r['num_inputs'] // r['batch']
+      measured = r['cost_profile']['alpha']
+      assert 0.0 < measured <= 1.0 and r['cost_profile']['alpha_positions'] > 0
+      assert priors[0] == pytest.approx(min(measured, 1.0 - 1e-7))
+      assert all(0.0 <= p < 1.0 for p in priors[1:])
     else:
       assert 0.0 <= r['alpha_acceptance'] <= 1.0
       assert r['c'] > 0 and r['scoring_cost'] > 0 and r['target_step_ms'] > 0
@@ -171,6 +175,7 @@ def test_report_files_and_tables_are_well_formed(sweep_run):
   for row in auto[2:]:
     assert row[5] in ('1', '2')  # the best fixed γ measured beside it
     assert re.fullmatch(r'\d+\.\d\dx', row[7]) and len(row[-1].split()) == 3  # γ = 0, 1, 2
+    assert re.fullmatch(r'\d\.\d\d', row[11])  # the prior α, from the calibration
   assert [(row[3], row[4]) for row in throughput[2:]] == [('2', '1'), ('auto', '1'), ('2', '2'),
                                                           ('auto', '2')]
 

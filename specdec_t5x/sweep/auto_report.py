@@ -16,7 +16,8 @@ from specdec_t5x.sweep.config import SweepConfig
 from specdec_t5x.sweep.markdown import fmt
 
 HEAD = ('Section', 'Task', 'Draft', 'Temp', 'Batch', 'Best fixed γ', 'its speed', 'auto speed',
-        'auto IQR', 'auto / best fixed', 'auto α', 'mean γ (auto)', 'iterations at γ = 0..G')
+        'auto IQR', 'auto / best fixed', 'auto α', 'prior α', 'mean γ (auto)',
+        'iterations at γ = 0..G')
 
 
 def is_auto(record: Mapping[str, Any]) -> bool:
@@ -54,6 +55,7 @@ def comparisons(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         'temperature': r['temperature'], 'batch': r['batch'], 'auto_speedup': r['speedup'],
         'auto_q25': r['speedup_q25'], 'auto_q75': r['speedup_q75'],
         'auto_alpha': None if verified_nothing(r) else r['alpha_beta'],
+        'prior_alpha': (r.get('cost_profile') or {}).get('alpha'),
         'mean_gamma': r['mean_gamma'],
         'gamma_iterations': r['gamma_iterations'],
         'best_fixed_gamma': None if top is None else top['gamma'],
@@ -72,7 +74,7 @@ def auto_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> 
             f"{c['temperature']:g}", str(c['batch']), str(c['best_fixed_gamma'] or '—'),
             fmt(c['best_fixed_speedup'], 2, 'x'), fmt(c['auto_speedup'], 2, 'x'),
             f"{c['auto_q25']:.2f}-{c['auto_q75']:.2f}", fmt(c['auto_over_best_fixed']),
-            fmt(c['auto_alpha']), fmt(c['mean_gamma'], 1),
+            fmt(c['auto_alpha']), fmt(c['prior_alpha']), fmt(c['mean_gamma'], 1),
             ' '.join(str(n) for n in c['gamma_iterations'])] for c in rows]
   mismatched = sum(c['mismatched_rows'] or 0 for c in rows)
   ratios = [c['auto_over_best_fixed'] for c in rows if c['auto_over_best_fixed'] is not None]
@@ -81,10 +83,12 @@ def auto_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> 
       "`speculative_decode(gamma='auto', max_gamma=G)` picks γ ∈ {0..G} before every "
       'iteration from a running α (over the verified positions so far, all rows pooled, '
       'carried from batch to batch as a caller decoding a stream would: '
-      '`adaptive.carry_alpha`; the first batch starts from the prior α = 0.5) and '
-      "the cell's cost profile (one loop iteration at each γ over one at γ = 0, measured on "
-      'the loop itself on the first batch before the timed decodes: '
-      '`specdec_t5x.calibration`); γ = 0 is a plain target step. **auto / best fixed** is '
+      '`adaptive.carry_alpha`; the first batch starts from the α the calibration measured) '
+      "and the cell's cost profile (one loop iteration at each γ over one at γ = 0, measured "
+      "on the loop itself before the timed decodes, on a batch of the cell's shape from the "
+      "task's validation split, which no cell times: `specdec_t5x.calibration`); γ = 0 is "
+      'a plain target step. The table shows the calibration α as **prior α**. '
+      '**auto / best fixed** is '
       "the auto cell's speed over that of the fastest fixed γ measured for the same task, "
       'draft, temperature and batch size (in its own cell, so under its own load).',
       f'Greedy exactness of the auto cells: {mismatched} greedy outputs differ from the '

@@ -20,8 +20,9 @@ from specdec_t5x.sweep.config import SweepConfig, TaskSpec, expand_path
 STORE_SCHEMA = 1
 # How auto cells are measured; a new value re-measures them. 2: α is carried from
 # batch to batch (`measure._carry_alpha_over`), the first starting from the prior;
-# 3: calibration.PROFILE_METHOD 2 (steadier iteration costs, the start timed alone).
-AUTO_METHOD = 3
+# 3: calibration.PROFILE_METHOD 2 (steadier iteration costs, the start timed alone);
+# 4: calibrated on untimed (validation) inputs, the first batch starting from their α.
+AUTO_METHOD = 4
 
 
 @dataclasses.dataclass(frozen=True)

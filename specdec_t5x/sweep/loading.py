@@ -72,6 +72,10 @@ def load_model(spec: ModelSpec, config_dir: str, task: str | None = None) -> Loa
   return _load(spec, expand_path(spec.checkpoint, config_dir, task))
 
 
+# Auto cells calibrate on this split's inputs; the timed inputs come from the task's `split`.
+CALIBRATION_SPLIT = 'validation'
+
+
 def synthetic_inputs(count: int, length: int, vocab_size: int, seed: int) -> np.ndarray:
   """`[count, length]` random ids in [2, vocab), EOS-terminated, ragged right padding."""
   rng = np.random.default_rng(seed)
@@ -98,6 +102,21 @@ def task_inputs(task: TaskSpec, count: int, seed: int) -> np.ndarray:
 
   examples = tasks_lib.get_eval_examples(task.seqio_task, task.split, count)
   return trim_padding(np.asarray(examples['inputs'], np.int32))
+
+
+def calibration_inputs(task: TaskSpec, count: int, length: int, seed: int) -> np.ndarray:
+  """`[count, length]` inputs from outside the timed ones: the task's `CALIBRATION_SPLIT`.
+
+  Auto cells measure their cost profile and prior α on these, so that no
+  timed batch is decoded before it is timed (synthetic tasks: other random ids).
+  """
+  if task.synthetic is not None:
+    return synthetic_inputs(count, length, task.synthetic['vocab_size'], seed + 1)
+  from specdec_t5x.data import tasks as tasks_lib  # TensorFlow: only when real data is used
+
+  lengths = {**tasks_lib.feature_lengths(task.seqio_task), 'inputs': length}
+  examples = tasks_lib.get_eval_examples(task.seqio_task, CALIBRATION_SPLIT, count, lengths)
+  return np.asarray(examples['inputs'], np.int32)
 
 
 def _inputs_needed(config: SweepConfig, task: str) -> int:
@@ -163,6 +182,10 @@ class SweepContext:
       raise ValueError(f'task {task} has {self._inputs[task].shape[0]} inputs loaded, '
                        f'{count} needed')
     return self._inputs[task][:count]
+
+  def calibration_inputs(self, task: str, count: int, length: int) -> np.ndarray:
+    """`[count, length]` inputs of `task` that no cell times (`calibration_inputs`)."""
+    return calibration_inputs(self.config.tasks[task], count, length, self.config.seed)
 
   def drafter_spec(self, draft: str, task: str) -> registry.DrafterSpec:
     """A draft entry for `task` as the registry's spec: its files' paths resolved."""

@@ -74,14 +74,16 @@ def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafte
   return autoregressive, speculative
 
 
-def _carry_alpha_over(cell: Cell, speculative: Run, auto_settings: list[dict[str, Any]]) -> None:
+def _carry_alpha_over(cell: Cell, speculative: Run, auto_settings: list[dict[str, Any]],
+                      profile: adaptive.CostProfile) -> None:
   """Fills `auto_settings` (one per batch) as a caller decoding the batches in turn would.
 
   Batch i's prior is the running estimate of α after batches 0..i-1
   (`adaptive.carry_alpha`), from one untimed pass in order; batch 0 starts
-  from the default prior. The estimate never sees the batch it is used on.
+  from the α the calibration measured on its own inputs
+  (`adaptive.profile_prior`). The estimate never sees the batch it is used on.
   """
-  auto_settings[:] = [{}]
+  auto_settings[:] = [adaptive.profile_prior(profile)]
   for index in range(cell.num_batches - 1):
     _, out = speculative(index)
     auto_settings.append(adaptive.carry_alpha(out.beta_mean, out.beta_count,
@@ -142,15 +144,20 @@ def _interleaved(cell: Cell, autoregressive: Run, speculative: Run,
 
 
 def _cell_profile(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
-                  batch: np.ndarray) -> tuple[adaptive.CostProfile, float]:
-  """An auto cell's cost profile, measured here on its first batch, and the seconds it took."""
+                  length: int) -> tuple[adaptive.CostProfile, float]:
+  """An auto cell's cost profile, and the seconds it took.
+
+  It is measured on a batch of the cell's shape from inputs no cell times
+  (`SweepContext.calibration_inputs`), as a user calibrates before serving.
+  """
   config = context.config
+  batch = context.calibration_inputs(cell.task, cell.batch, length)
   started = time.perf_counter()
   profile = calibration.measure_profile(
       target.module, target.params, drafter, jnp.asarray(batch), max_gamma=cell.max_gamma,
       max_decode_len=config.tasks[cell.task].max_decode_len,
       sampling=sampling_lib.make_sampling_config(cell.temperature, config.top_k, config.top_p),
-      seed=config.seed)
+      seed=config.seed, eos_id=EOS_ID)
   return profile, time.perf_counter() - started
 
 
@@ -172,8 +179,9 @@ def _step_costs(cell: Cell, context: SweepContext, target: LoadedModel, drafter:
 def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   """Runs one cell: speculative vs autoregressive on the same inputs, α, c, scoring, theory.
 
-  An auto cell first measures its cost profile on its first batch (after
-  compiling, before any timed decode) and has no step costs or theory.
+  An auto cell first measures its cost profile and prior α on a batch of
+  untimed inputs (after compiling, before any timed decode) and has no step
+  costs or theory.
 
   Returns the record (JSON-able) that `CellStore` keeps; see `specdec_t5x.sweep`.
   """
@@ -185,7 +193,7 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   inputs = context.inputs(cell.task, cell.num_inputs)
   batches = inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])
   started = time.perf_counter()
-  profile, calibration_s = (_cell_profile(cell, context, target, drafter, batches[0])
+  profile, calibration_s = (_cell_profile(cell, context, target, drafter, inputs.shape[1])
                             if cell.is_auto else (None, None))
   auto_settings: list[dict[str, Any]] = []
   autoregressive, speculative = _decoder_runs(cell, context, target, drafter, batches, profile,
@@ -194,7 +202,7 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   first_autoregressive_s, first = autoregressive(0)
   first_speculative_s, _ = speculative(0)
   if cell.is_auto:
-    _carry_alpha_over(cell, speculative, auto_settings)
+    _carry_alpha_over(cell, speculative, auto_settings, profile)
   for _ in range(config.timing.warmup_runs):
     autoregressive(0)
     speculative(0)
