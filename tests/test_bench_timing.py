@@ -100,3 +100,10 @@ def test_cpu_vector_isa_reads_the_widest_flag(tmp_path):
   cpuinfo.write_text('processor\t: 0\n')
   assert machine.cpu_vector_isa(cpuinfo) == 'unknown'
   assert machine.cpu_vector_isa(tmp_path / 'absent') == 'unknown'
+
+
+def test_vector_and_cache_names_what_the_record_holds():
+  facts = {'cpu_vector_isa': 'avx512f', 'l3_cache_mb': 32.0}
+  assert machine.vector_and_cache(facts) == ', AVX512, 32 MB L3'
+  assert machine.vector_and_cache({'cpu_vector_isa': 'avx2', 'l3_cache_mb': 0.0}) == ', AVX2'
+  assert machine.vector_and_cache({}) == ''  # records from before these facts were kept

@@ -7,6 +7,7 @@ import pathlib
 import platform
 import shlex
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -69,6 +70,18 @@ def machine_facts() -> dict[str, Any]:
       jax_backend=jax.default_backend(),
       jax_devices=[str(device) for device in jax.devices()],
   )
+
+
+def vector_and_cache(facts: Mapping[str, Any]) -> str:
+  """', AVX2, 32 MB L3' from `machine_facts` where they name them ('' for older records).
+
+  Speed ratios on CPU depend on both (see `cpu_vector_isa`), so reports print them.
+  """
+  isa = facts.get('cpu_vector_isa', 'unknown')
+  parts = [isa.removesuffix('f').upper()] if isa != 'unknown' else []
+  if facts.get('l3_cache_mb'):
+    parts.append(f"{facts['l3_cache_mb']:.0f} MB L3")
+  return ''.join(', ' + part for part in parts)
 
 
 def l3_cache_bytes() -> int | None:

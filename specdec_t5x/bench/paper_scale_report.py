@@ -7,7 +7,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specdec_t5x.bench import paper_scale
+from specdec_t5x.bench import machine, paper_scale
 from specdec_t5x.bench.report import markdown_table
 
 DONE_SHAPE = 't5_1_1_large'
@@ -66,21 +66,13 @@ def done_check(result: Mapping[str, Any], tolerance: float = 0.1) -> dict[str, A
           'all_exact': all(r['exact'] for r in result['rows'])}
 
 
-def _isa(facts: Mapping[str, Any]) -> str:
-  """', AVX2, 32 MB L3' where the record names them (older records do not)."""
-  isa = facts.get('cpu_vector_isa', 'unknown')
-  parts = [isa.removesuffix('f').upper()] if isa != 'unknown' else []
-  if facts.get('l3_cache_mb'):
-    parts.append(f"{facts['l3_cache_mb']:.0f} MB L3")
-  return ''.join(', ' + part for part in parts)
-
-
 def markdown(record: Mapping[str, Any]) -> str:
   facts = record['machine']
   settings = record['settings']
   parts = [
       '# The paper\'s regime, measured: T5 1.1 shapes with controlled acceptance',
-      f"Hardware: {facts['cpu_model']} ({facts['nproc']} CPUs{_isa(facts)}), JAX {facts['jax']} on "
+      f"Hardware: {facts['cpu_model']} ({facts['nproc']} CPUs"
+      f"{machine.vector_and_cache(facts)}), JAX {facts['jax']} on "
       f"{facts['jax_backend']} ({', '.join(facts['jax_devices'])}); load average "
       f"{record['load_average_start']:.2f} at the start, {record['load_average_end']:.2f} at "
       f"the end; {record['date']}; {record['duration_s'] / 60:.1f} min.",

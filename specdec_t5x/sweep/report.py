@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from specdec_t5x import paper, paths, theory
+from specdec_t5x.bench import machine as bench_machine
 from specdec_t5x.bench import report as bench_report
 from specdec_t5x.bench.report import markdown_table
 from specdec_t5x.sweep import auto_report, gap, plots
@@ -76,7 +77,8 @@ def _machine_line(records: Sequence[Mapping[str, Any]]) -> str:
   machine = records[-1]['machine']
   loads = [r['load_average_1min'] for r in records]
   dates = sorted(r['date'] for r in records)
-  return (f"Machine: {machine['nproc']} CPU cores ({machine['cpu_model']}), jax "
+  return (f"Machine: {machine['nproc']} CPU cores ({machine['cpu_model']}"
+          f"{bench_machine.vector_and_cache(machine)}), jax "
           f"{machine['jax']} ({machine['jax_backend']}), fp32. Measured {dates[0]} to "
           f"{dates[-1]}; 1-minute load average during the cells {min(loads):.1f}-"
           f"{max(loads):.1f} (the machine is shared: absolute times are noisy, the ratios are "
