@@ -33,11 +33,13 @@ def test_shipped_configs_load_and_plan():
   assert {c.gamma for c in grid} == set(range(1, 9)) | {'auto'}
   assert {c.temperature for c in grid} == {0, 1}
   assert {c.batch for c in sweep.enumerate_cells(default, ('throughput',))} == {1, 4, 8, 16}
-  # A draft's `gammas` limits its cells (PaSS drafts at most L = 6 tokens); `auto` lists its
-  # drafts: the six model drafts, after their fixed γs, up to γ = 8.
-  assert {c.gamma for c in grid if c.draft == 'pass'} == set(range(1, 7))
+  # A draft's `gammas` limits its cells (PaSS drafts at most L = 6 tokens), its auto cell's
+  # max_gamma too; `auto` lists its drafts: every draft, after its fixed γs, up to γ = 8.
+  assert {c.gamma for c in grid if c.draft == 'pass' and not c.is_auto} == set(range(1, 7))
   auto = [c for c in grid if c.is_auto]
-  assert len(auto) == 6 * 2 * 2 and {c.max_gamma for c in auto} == {8}
+  assert len(auto) == 9 * 2 * 2
+  assert {c.max_gamma for c in auto if c.draft != 'pass'} == {8}
+  assert {c.max_gamma for c in auto if c.draft == 'pass'} == {6}
   assert auto[0].key == 'grid/ende/small/T0/gauto8/b1'
   assert 'max_gamma' not in grid[0].fingerprint_fields()  # fixed cells keep their fingerprints
 

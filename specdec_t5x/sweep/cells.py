@@ -65,7 +65,8 @@ def enumerate_cells(config: SweepConfig,
   """The grid's and throughput section's cells, in run order (batch 1 and γ ascending first).
 
   A draft with `gammas` gets cells only for those γ. A section with `auto`
-  adds one cell at gamma='auto' after the fixed γs of each of its auto drafts.
+  adds one cell at gamma='auto' after the fixed γs of each of its auto drafts,
+  up to `auto.max_gamma` (or the draft's largest allowed γ, if smaller).
   """
   cells = []
   for section in sections:
@@ -83,8 +84,10 @@ def enumerate_cells(config: SweepConfig,
               cells.append(Cell(section, task, draft, temperature, gamma, batch,
                                 spec.num_inputs))
             if draft in spec.auto_drafts:
+              top = spec.auto_max_gamma if allowed is None else min(spec.auto_max_gamma,
+                                                                     max(allowed))
               cells.append(Cell(section, task, draft, temperature, adaptive.AUTO, batch,
-                                spec.num_inputs, max_gamma=spec.auto_max_gamma))
+                                spec.num_inputs, max_gamma=top))
   return cells
 
 
