@@ -49,13 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from specdec_t5x.cost_profile import PROFILE_FORMAT, CostProfile, prior_settings
+from specdec_t5x.cost_profile import PROFILE_FORMAT, CostProfile, below_one, prior_settings
 
 Array = jax.Array
 
 __all__ = ['AUTO', 'PROFILE_FORMAT', 'AutoGamma', 'CostProfile', 'PolicyState', 'alpha_estimate',
            'cached_policy', 'carry_alpha', 'choose_gamma', 'expected_speed', 'init_state',
-           'keep_going', 'make_policy', 'profile_prior', 'stays_plain', 'update']
+           'keep_going', 'make_policy', 'pooled_beta', 'profile_prior', 'stays_plain', 'update']
 
 # The value of `gamma` that asks for the automatic choice.
 AUTO = 'auto'
@@ -184,6 +184,19 @@ def profile_prior(profile: CostProfile, settings: Mapping[str, Any] | None = Non
   return prior_settings(profile, settings or {}, _POLICY_DEFAULTS['memory'])
 
 
+def pooled_beta(beta_mean: Any, beta_count: Any) -> tuple[float | None, float]:
+  """`(α, positions)`: the mean β over a request's verified positions (None if it verified none).
+
+  Args:
+    beta_mean, beta_count: `[B]` each, from the request's `SpeculativeOutput`.
+  """
+  count = np.asarray(beta_count, np.float64)
+  positions = float(count.sum())
+  if not positions:
+    return None, 0.0
+  return float(np.sum(np.asarray(beta_mean, np.float64) * count)) / positions, positions
+
+
 def carry_alpha(beta_mean: Any, beta_count: Any, settings: Mapping[str, Any] | None = None,
                 ) -> dict[str, Any]:
   """`settings` for the next request: its prior is this request's running estimate of α.
@@ -205,20 +218,16 @@ def carry_alpha(beta_mean: Any, beta_count: Any, settings: Mapping[str, Any] | N
     `settings` with `alpha_prior` and `prior_weight` replaced.
   """
   options = {**_POLICY_DEFAULTS, **(settings or {})}
-  count = np.asarray(beta_count, np.float64)
-  positions = float(count.sum())
-  if not positions:
+  request_alpha, positions = pooled_beta(beta_mean, beta_count)
+  if request_alpha is None:
     return dict(settings or {})
-  request_alpha = float(np.sum(np.asarray(beta_mean, np.float64) * count)) / positions
   memory, prior_weight = float(options['memory']), float(options['prior_weight'])
   keep = (1.0 - 1.0 / memory) ** positions
   request_weight = memory * (1.0 - keep)
   weight = keep * prior_weight + request_weight
   alpha = (keep * prior_weight * float(options['alpha_prior'])
            + request_weight * request_alpha) / weight
-  # make_policy takes alpha_prior < 1 (a draft that always agrees reaches 1).
-  alpha = min(alpha, float(np.nextafter(np.float32(1.0), np.float32(0.0))))
-  return {**(settings or {}), 'alpha_prior': float(alpha), 'prior_weight': float(weight)}
+  return {**(settings or {}), 'alpha_prior': below_one(alpha), 'prior_weight': float(weight)}
 
 
 @struct.dataclass

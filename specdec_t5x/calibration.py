@@ -161,15 +161,6 @@ def _costs(short: np.ndarray, long: np.ndarray, long_runs: list[int],
   return per_iteration / per_iteration[:, :1], init_s / per_iteration[:, 0]
 
 
-def _pooled_alpha(output: Any) -> tuple[float | None, float]:
-  """`(α, positions)`: mean β over the verified positions of a `SpeculativeOutput`."""
-  count = np.asarray(output.beta_count, np.float64)
-  positions = float(count.sum())
-  if not positions:
-    return None, 0.0
-  return float(np.sum(np.asarray(output.beta_mean, np.float64) * count) / positions), positions
-
-
 def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
                     encoder_input_tokens: Array, *, max_gamma: int, max_decode_len: int,
                     sampling: sampling_lib.SamplingConfig, rounds: int = ROUNDS,
@@ -195,9 +186,9 @@ def measure_profile(target_module: nn.Module, target_params: Any, drafter: Any,
 
   started = time.perf_counter()
   _seconds(run, 0, SHORT_RUN)  # compiles
-  alpha, alpha_positions = _pooled_alpha(
-      decode(max_gamma, 2**30, jnp.asarray(eos_id, jnp.int32), False))
   compiled_s = time.perf_counter() - started
+  request = decode(max_gamma, 2**30, jnp.asarray(eos_id, jnp.int32), False)
+  alpha, alpha_positions = adaptive.pooled_beta(request.beta_mean, request.beta_count)
   long_runs = [_long_run(run, gamma) for gamma in range(max_gamma + 1)]
   cache_length = speculative_loop.decode_cache_length(drafter, max_gamma, max_decode_len)
   init = lambda: drafters_lib.jitted_init(drafter, encoder_input_tokens, cache_length)

@@ -26,6 +26,11 @@ import numpy as np
 PROFILE_FORMAT = 'specdec_t5x.gamma_profile.v1'
 
 
+def below_one(alpha: float) -> float:
+  """`alpha` as a prior make_policy takes (< 1; a draft that always agreed measures 1)."""
+  return min(float(alpha), float(np.nextafter(np.float32(1.0), np.float32(0.0))))
+
+
 @dataclasses.dataclass(frozen=True)
 class CostProfile:
   """What one loop iteration costs at each γ, relative to one at γ = 0.
@@ -140,6 +145,4 @@ def prior_settings(profile: CostProfile, settings: Mapping[str, Any], memory: fl
     return dict(settings)
   weight = settings.get('prior_weight',
                         min(profile.alpha_positions, float(settings.get('memory', memory))))
-  # make_policy takes alpha_prior < 1 (a draft that always agreed measures 1).
-  alpha = min(profile.alpha, float(np.nextafter(np.float32(1.0), np.float32(0.0))))
-  return {**settings, 'alpha_prior': alpha, 'prior_weight': weight}
+  return {**settings, 'alpha_prior': below_one(profile.alpha), 'prior_weight': weight}
