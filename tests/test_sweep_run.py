@@ -163,11 +163,13 @@ def test_report_files_and_tables_are_well_formed(sweep_run):
     assert re.fullmatch(r'\d+\.\d\dx', row[head.index('Speed')])
   paper_speed = {(row[1].split()[0], row[2]): row[head.index('Paper speed')] for row in rows}
   assert paper_speed[('small', '0')] == '3.4x' and paper_speed[('large', '1')] == '1.4x'
-  kinds, goal = tables[1], tables[2]
+  kinds, goals = tables[1], tables[2:4]
   assert kinds[0][:3] == ['Task', 'Size (paper)', 'Draft'] and len(kinds) == 2 + 2  # 2 drafts
-  assert goal[0][:2] == ['Task', 'Draft'] and len(goal) == 2 + 2  # 1 task × 2 temperatures
-  assert all(row[-1] for row in goal[2:])  # each names what separates it from 2x
-  auto, throughput = tables[3], tables[4]
+  for speed, goal in zip(('1.3x', '2x'), goals, strict=True):  # issue #16's bar, then the goal
+    assert goal[0][:2] == ['Task', 'Draft'] and f'α for {speed}' in goal[0]
+    assert len(goal) == 2 + 2  # 1 task × 2 temperatures
+    assert all(row[-1] for row in goal[2:])  # each names what separates it from that speed
+  auto, throughput = tables[4], tables[5]
   assert auto[0][:5] == ['Section', 'Task', 'Draft', 'Temp', 'Batch']
   # The large draft at T = 0 and 1 (grid), and at batch 1 and 2 (throughput).
   assert [(row[0], row[3], row[4]) for row in auto[2:]] == [
