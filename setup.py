@@ -44,6 +44,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["specdec_t5x", "specdec_t5x.*"]),
+    # The row-product kernel is compiled on first use, for the machine it runs on.
+    package_data={"specdec_t5x.network": ["cpu_products.cc"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require=EXTRAS,

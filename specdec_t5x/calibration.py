@@ -57,8 +57,9 @@ ROUNDS = 7
 PROFILE_DIR = 'gamma_profiles'
 # How profiles are measured; a cached profile of another method is measured again.
 # 2: long runs scale with the short run, and the start is the draft's init timed alone;
-# 3: and α, measured on one decode at γ = max_gamma.
-PROFILE_METHOD = 3
+# 3: and α, measured on one decode at γ = max_gamma;
+# 4: the same, on decode calls whose dense layers are row products (network.cpu_products).
+PROFILE_METHOD = 4
 # An id no token has: the measured rows never end early.
 _NO_EOS = -1
 

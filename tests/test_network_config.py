@@ -39,7 +39,7 @@ def test_decode_kernels_defaults_to_auto_and_is_static():
 
 @pytest.mark.parametrize('value', ['gpu', '', None, 'Auto'])
 def test_a_bad_decode_kernels_is_a_clear_error(value):
-  known = r"\('auto', 'cpu', 'plain', 'invariant'\)"
+  known = r"\('auto', 'cpu', 'cpu_xla', 'plain', 'invariant'\)"
   with pytest.raises(ValueError, match=r'decode_kernels must be one of ' + known):
     network.config_from_preset('test_tiny', decode_kernels=value)
 

@@ -15,7 +15,7 @@ from conftest import perturb, random_inputs
 
 from specdec_t5x import cache as cache_lib
 from specdec_t5x import decoding, drafters, network
-from specdec_t5x.network import kernels
+from specdec_t5x.network import cpu_products, kernels
 
 CACHE_LENGTH = 16
 PREFIX = 4
@@ -100,15 +100,17 @@ def test_decode_steps_agree_across_kernels(params, batch):
   encoder_tokens = random_inputs(batch, 7, 64, batch)
   decoder_inputs = np.random.default_rng(batch).integers(2, 64, (batch, PREFIX + MAX_K))
   results = {}
-  for mode in ('cpu', 'plain'):
+  for mode in ('cpu', 'cpu_xla', 'plain'):
     run = jax.jit(functools.partial(_steps_after_ragged_prefix, network.Transformer(_config(mode))))
     results[mode] = run(params, encoder_tokens, decoder_inputs.astype(np.int32))
-  (cpu_logits, cpu_caches), (plain_logits, plain_caches) = results['cpu'], results['plain']
-  for k, (cpu, plain) in enumerate(zip(cpu_logits, plain_logits, strict=True), start=1):
-    assert cpu.shape == (batch, k, 64)
-    np.testing.assert_allclose(cpu, plain, rtol=1e-5, atol=1e-5, err_msg=f'K={k}')
-  for cpu, plain in zip(jax.tree.leaves(cpu_caches), jax.tree.leaves(plain_caches), strict=True):
-    np.testing.assert_allclose(cpu, plain, rtol=1e-5, atol=1e-5)
+  plain_logits, plain_caches = results['plain']
+  for mode in ('cpu', 'cpu_xla'):
+    logits, caches = results[mode]
+    for k, (got, plain) in enumerate(zip(logits, plain_logits, strict=True), start=1):
+      assert got.shape == (batch, k, 64)
+      np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5, err_msg=f'{mode} K={k}')
+    for got, plain in zip(jax.tree.leaves(caches), jax.tree.leaves(plain_caches), strict=True):
+      np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5, err_msg=mode)
 
 
 def _step_jaxpr(mode: str, params, batch: int = 2, k: int = 1) -> str:
@@ -123,20 +125,30 @@ def _step_jaxpr(mode: str, params, batch: int = 2, k: int = 1) -> str:
 
 def test_auto_traces_the_cpu_paths_on_cpu(params):
   assert jax.default_backend() == 'cpu'
-  cpu, plain, auto = (_step_jaxpr(mode, params) for mode in ('cpu', 'plain', 'auto'))
+  cpu, cpu_xla, plain, auto = (_step_jaxpr(mode, params)
+                               for mode in ('cpu', 'cpu_xla', 'plain', 'auto'))
   assert auto == cpu
-  # The paths differ: one product per row, per-row in-place writes vs a scatter.
-  assert cpu.count('dot_general') > plain.count('dot_general')
-  assert 'scatter' not in cpu and cpu.count('dynamic_update_slice') >= 4
+  # The dense layers of a decode call are row products (the custom call) under 'cpu', one
+  # product per row under 'cpu_xla'; both write rows in place instead of a scatter.
+  # attention q/k/v/out, cross-attention q/out, mlp wi_0/wi_1/wo, logits (without a C++
+  # compiler 'cpu' falls back to 'cpu_xla')
+  dense_layers = 10 if cpu_products.available() else 0
+  assert cpu.count('ffi_call') == dense_layers and 'ffi_call' not in cpu_xla
+  assert cpu_xla.count('dot_general') > plain.count('dot_general')
+  for program in (cpu, cpu_xla):
+    assert 'scatter' not in program and program.count('dynamic_update_slice') >= 4
   assert plain.count(' scatter[') == 2 * _config('plain').num_decoder_layers  # keys, values
 
 
 @pytest.mark.parametrize('batch,k', [(1, 2), (1, 4), (2, 2)])
-def test_verification_calls_use_the_plain_products(params, batch, k):
-  """K >= 2 positions a row (speculative verification): no per-row products, per-row writes."""
-  cpu, plain = (_step_jaxpr(mode, params, batch, k) for mode in ('cpu', 'plain'))
-  assert cpu.count('dot_general') == plain.count('dot_general')
-  assert 'scatter' not in cpu
+def test_verification_calls_use_row_products_or_the_plain_products(params, batch, k):
+  """K >= 2 positions a row (speculative verification): row products under 'cpu', XLA's
+  plain products under 'cpu_xla' (its per-row products are for one position), no scatter."""
+  cpu, cpu_xla, plain = (_step_jaxpr(mode, params, batch, k) for mode in ('cpu', 'cpu_xla',
+                                                                           'plain'))
+  assert cpu.count('ffi_call') == (10 if cpu_products.available() else 0)
+  assert cpu_xla.count('dot_general') == plain.count('dot_general')
+  assert 'scatter' not in cpu and 'scatter' not in cpu_xla
 
 
 @pytest.mark.parametrize('backend', ['gpu', 'tpu'])
@@ -151,7 +163,7 @@ def test_greedy_tokens_agree_across_kernels(params):
   encoder_tokens = random_inputs(3, 6, 64, 7)
   draft_params = perturb(params, 0.3, seed=1)
   tokens = {}
-  for mode in ('cpu', 'plain'):
+  for mode in ('cpu', 'cpu_xla', 'plain'):
     target = network.Transformer(_config(mode))
     drafter = drafters.ModelDrafter(network.Transformer(_config(mode)), draft_params)
     tokens[mode, 'autoregressive'] = decoding.autoregressive_decode(
@@ -167,7 +179,7 @@ def test_greedy_tokens_agree_across_kernels(params):
 
 
 def test_a_bad_value_is_a_clear_error(params):
-  known = r"\('auto', 'cpu', 'plain', 'invariant'\)"
+  known = r"\('auto', 'cpu', 'cpu_xla', 'plain', 'invariant'\)"
   with pytest.raises(ValueError, match=r'decode_kernels must be one of ' + known):
     _config('gpu')
   with pytest.raises(ValueError, match='decode_kernels must be one of'):
@@ -255,9 +267,10 @@ def test_the_float32_tuned_kernels_are_not_position_invariant(dtype_name):
 def test_auto_is_invariant_for_bfloat16_on_cpu(monkeypatch, backend, dtype_name, expected):
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   assert kernels.resolve_decode_kernels('auto', dtype_name, decode=True) == expected
-  # Training and encoding never take the per-position paths.
+  # Training and encoding never take the per-position paths, nor the row products.
   assert kernels.resolve_decode_kernels('invariant', dtype_name, decode=False) == (
-      'cpu' if backend == 'cpu' else 'plain')
+      'cpu_xla' if backend == 'cpu' else 'plain')
+  assert kernels.resolve_decode_kernels('cpu', dtype_name, decode=False) == 'cpu_xla'
   assert kernels.resolve_decode_kernels('invariant', dtype_name, decode=True) == 'invariant'
 
 

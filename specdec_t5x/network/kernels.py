@@ -24,6 +24,15 @@ call) and were measured on CPU only (results/scoring_cost.md).
   kernels' choice: each position adds 2 FLOPs per decoder weight (13 MFLOP
   on cpu_target), measured as ~0.15 ms more per position (the small-product
   kernel reaches ~90 GFLOP/s) against a one-position call of ~1 ms.
+* Row products that read the weights once (`cpu_products`), for the dense
+  layers of decode calls in float32: a C++ custom call that streams each
+  weight matrix once for up to 8 rows, so the verification call of K = γ+1
+  positions costs about what one position does in those layers (XLA's
+  matrix kernel packs the weights first: +20-70% at K = 2..4). They replace
+  the per-row products above, and apply under 'cpu' to decode calls only
+  (the custom call has no gradient); 'cpu_xla' is 'cpu' with XLA's own
+  products (the fallback where the library cannot be built, and the
+  baseline of results/scoring_cost.md).
 * Per-row cache writes (`write_rows`). Each row of a batch writes its new
   keys/values at its own position with one in-place `dynamic_update_slice`:
   a vmapped one becomes a scatter that XLA:CPU lowers to a select over, and
@@ -32,7 +41,8 @@ call) and were measured on CPU only (results/scoring_cost.md).
   the batch.
 
 Where they apply (`decode_kernels`, a `T5Config` field; `DECODE_KERNELS`):
-'cpu' always, 'plain' never, 'auto' (the default) iff the backend is CPU.
+'cpu' always ('cpu_xla' without `cpu_products`), 'plain' never, 'auto' (the
+default) iff the backend is CPU.
 On a GPU or TPU a few rows times a weight matrix is one matrix product that
 reads the weights once at the speed of memory; splitting it into one product
 per row reads the same weights once per row, which makes the call of γ+1
@@ -89,6 +99,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from specdec_t5x.network import cpu_products
+
 Array = jax.Array
 
 MATVEC_MAX_ROWS = 4
@@ -103,7 +115,7 @@ WRITE_ROWS_MAX_UNROLLED = 16
 MATVECS_MAX_UNROLLED = 16
 
 # The values of `decode_kernels` (see the module docstring).
-DECODE_KERNELS = ('auto', 'cpu', 'plain', 'invariant')
+DECODE_KERNELS = ('auto', 'cpu', 'cpu_xla', 'plain', 'invariant')
 # Under 'invariant', decode calls of up to this many positions per row run per row and per query.
 INVARIANT_MAX_POSITIONS = 16
 
@@ -122,7 +134,8 @@ def resolve_decode_kernels(decode_kernels: str, dtype: Any, decode: bool) -> str
 
   'auto' is 'invariant' for a bfloat16 model's decode calls on CPU, 'cpu' for
   its other calls and for other dtypes on CPU, 'plain' on other backends (the
-  module docstring says why); 'invariant' applies to decode calls only.
+  module docstring says why); 'invariant' applies to decode calls only, and
+  so do the row products of 'cpu' (other calls get 'cpu_xla').
   Asks `jax.default_backend()`, so call it when a call is traced.
   """
   choice = check_decode_kernels(decode_kernels)
@@ -130,7 +143,9 @@ def resolve_decode_kernels(decode_kernels: str, dtype: Any, decode: bool) -> str
   if choice == 'auto' and on_cpu and decode and jnp.dtype(dtype) == jnp.bfloat16:
     return 'invariant'
   if choice == 'auto' or (choice == 'invariant' and not decode):
-    return 'cpu' if on_cpu else 'plain'
+    choice = 'cpu' if on_cpu else 'plain'
+  if choice == 'cpu' and not decode:
+    return 'cpu_xla'
   return choice
 
 
@@ -138,7 +153,18 @@ def uses_cpu_paths(decode_kernels: str = 'auto') -> bool:
   """Whether the CPU-tuned paths apply under `decode_kernels` ('auto': by backend, when traced)."""
   if check_decode_kernels(decode_kernels) in ('auto', 'invariant'):
     return jax.default_backend() == 'cpu'  # 'invariant' writes rows as 'auto' does
-  return decode_kernels == 'cpu'
+  return decode_kernels in ('cpu', 'cpu_xla')
+
+
+def dense_uses_cpu_products(rows: int, dtype: Any, decode_kernels: str) -> bool:
+  """Whether a dense layer over `rows` input rows runs as `cpu_products.product`.
+
+  Under 'cpu' (resolved: decode calls only), in float32, on the CPU backend,
+  for at most `cpu_products.MAX_ROWS` rows, and once the library is built.
+  """
+  return (decode_kernels == 'cpu' and jnp.dtype(dtype) == jnp.float32
+          and rows <= cpu_products.MAX_ROWS and jax.default_backend() == 'cpu'
+          and cpu_products.available())
 
 
 def dense_uses_matvecs(rows: int, positions: int, kernel_bytes: int,

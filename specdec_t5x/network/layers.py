@@ -14,7 +14,7 @@ from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
 from jax import lax
 
-from specdec_t5x.network import kernels
+from specdec_t5x.network import cpu_products, kernels
 from specdec_t5x.network.config import NUM_RELPOS_BUCKETS, RELPOS_MAX_DISTANCE
 
 Array = jax.Array
@@ -29,9 +29,10 @@ def _canonicalize_tuple(x):
 class DenseGeneral(nn.Module):
   """A bias-free linear map over `axis`, kernel stored flattened to 2D like T5X.
 
-  A few rows over trailing axes run as per-row matrix-vector products where
-  the CPU-tuned paths apply (`kernels.dense_uses_matvecs`; `decode_kernels`
-  is `T5Config.decode_kernels`).
+  A few rows over trailing axes run as row products that read the kernel once
+  (`kernels.dense_uses_cpu_products`) or per-row matrix-vector products
+  (`kernels.dense_uses_matvecs`) where the CPU-tuned paths apply
+  (`decode_kernels` is `T5Config.decode_kernels`).
   """
 
   features: int | Sequence[int]
@@ -56,8 +57,12 @@ class DenseGeneral(nn.Module):
     rows = int(np.prod(batch_shape))
     # Inputs are [batch, length, ...]: the positions per row are the second axis.
     positions = batch_shape[1] if len(batch_shape) > 1 else 1
+    trailing = axis == tuple(range(len(batch_shape), inputs.ndim))
+    if trailing and kernels.dense_uses_cpu_products(rows, self.dtype, self.decode_kernels):
+      flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
+      return jnp.reshape(cpu_products.product(flat, kernel), batch_shape + features)
     few_rows = kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels)
-    if few_rows and axis == tuple(range(len(batch_shape), inputs.ndim)):
+    if few_rows and trailing:
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
       return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
                          batch_shape + features)

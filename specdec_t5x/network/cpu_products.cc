@@ -1,0 +1,172 @@
+// Products of a few rows by a weight matrix that read the weights once: the
+// decoder's dense layers in a decode call on CPU (specdec_t5x.network.cpu_products).
+//
+// y [M, N] = x [M, K] @ w [K, N], float32, row-major. XLA:CPU runs one row with
+// a matrix-vector kernel that streams w once, but 2..8 rows with a
+// matrix-matrix kernel that costs up to 2x as much (it packs w first). Here w
+// is streamed once, four of its rows at a time, and every row of x is
+// multiplied by each loaded vector of w while it is in registers, so a call of
+// a few rows costs about what one row does: the weights' memory traffic, not
+// the arithmetic, sets the time.
+//
+// Every element is the chain acc = fma(x[m, i], w[i, n], acc) over i = 0..K-1
+// in order, whatever M, the row's place among the M rows, and the column
+// blocking: a row's result is bitwise the same in a call of 1 row or of 8.
+//
+// Built by cpu_products.py with -O3 -march=native for the machine it runs on.
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 16 floats: one AVX-512 register, two AVX2 ones (GCC splits it).
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 Load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline v16 Splat(float f) { return f - v16{}; }
+
+// Columns per panel: a panel of y stays in L1 while w's rows stream through.
+constexpr int64_t kPanel = 512;
+// Rows of x per pass over w; more rows make more passes.
+constexpr int64_t kMaxRowsPerPass = 8;
+
+struct Problem {
+  const float* x;  // [M, K]
+  const float* w;  // [K, N]
+  float* y;        // [M, N]
+  int64_t K, N;
+};
+
+// Rows 0..M-1 of y, columns [n0, n1), n1 - n0 a multiple of 16.
+template <int M>
+void Panel(const Problem& p, int64_t n0, int64_t n1) {
+  const int64_t K = p.K, N = p.N;
+  for (int m = 0; m < M; ++m) std::memset(p.y + m * N + n0, 0, (n1 - n0) * sizeof(float));
+  int64_t i = 0;
+  for (; i + 4 <= K; i += 4) {
+    const float* w0 = p.w + i * N;
+    v16 xb[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < 4; ++r) xb[m][r] = Splat(p.x[m * K + i + r]);
+    for (int64_t n = n0; n < n1; n += 16) {
+      const v16 a0 = Load(w0 + n), a1 = Load(w0 + N + n), a2 = Load(w0 + 2 * N + n),
+                a3 = Load(w0 + 3 * N + n);
+      for (int m = 0; m < M; ++m) {
+        v16 acc = Load(p.y + m * N + n);
+        acc += xb[m][0] * a0;
+        acc += xb[m][1] * a1;
+        acc += xb[m][2] * a2;
+        acc += xb[m][3] * a3;
+        Store(p.y + m * N + n, acc);
+      }
+    }
+  }
+  for (; i < K; ++i) {
+    const float* w0 = p.w + i * N;
+    for (int64_t n = n0; n < n1; n += 16) {
+      const v16 a0 = Load(w0 + n);
+      for (int m = 0; m < M; ++m) {
+        v16 acc = Load(p.y + m * N + n);
+        acc += Splat(p.x[m * K + i]) * a0;
+        Store(p.y + m * N + n, acc);
+      }
+    }
+  }
+}
+
+// Rows 0..M-1 of y, columns [n0, n1): panels of 16-multiples, then the odd columns.
+template <int M>
+void Rows(const Problem& p, int64_t n0, int64_t n1) {
+  const int64_t vector_end = n0 + (n1 - n0) / 16 * 16;
+  for (int64_t n = n0; n < vector_end; n += kPanel)
+    Panel<M>(p, n, n + kPanel < vector_end ? n + kPanel : vector_end);
+  for (int64_t n = vector_end; n < n1; ++n)
+    for (int m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t i = 0; i < p.K; ++i) acc = __builtin_fmaf(p.x[m * p.K + i], p.w[i * p.N + n], acc);
+      p.y[m * p.N + n] = acc;
+    }
+}
+
+// All M rows, columns [n0, n1), in passes of at most kMaxRowsPerPass rows.
+void Product(const Problem& p, int64_t M, int64_t n0, int64_t n1) {
+  for (int64_t m = 0; m < M; m += kMaxRowsPerPass) {
+    Problem rows = p;
+    rows.x = p.x + m * p.K;
+    rows.y = p.y + m * p.N;
+    switch (M - m < kMaxRowsPerPass ? M - m : kMaxRowsPerPass) {
+      case 1: Rows<1>(rows, n0, n1); break;
+      case 2: Rows<2>(rows, n0, n1); break;
+      case 3: Rows<3>(rows, n0, n1); break;
+      case 4: Rows<4>(rows, n0, n1); break;
+      case 5: Rows<5>(rows, n0, n1); break;
+      case 6: Rows<6>(rows, n0, n1); break;
+      case 7: Rows<7>(rows, n0, n1); break;
+      default: Rows<8>(rows, n0, n1); break;
+    }
+  }
+}
+
+inline void Relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Column blocks of a product split across threads, claimed one at a time.
+struct Split {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> finished{0};
+};
+
+// From `split_bytes` of weights on, the columns are cut into `kBlocks` blocks
+// that this thread and one task on XLA's intra-op pool claim in turn: one core
+// alone cannot stream a large matrix (the logits layer) at the speed of two.
+// This thread never waits for a block nobody has claimed, so a pool whose
+// threads are all busy only makes it do every block itself. Below
+// `split_bytes` the hand-off costs more than it saves.
+constexpr int64_t kBlocks = 4;
+
+ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                      ffi::ResultBuffer<ffi::F32> y, int64_t split_bytes) {
+  const auto x_dims = x.dimensions();
+  const auto w_dims = w.dimensions();
+  if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[0])
+    return ffi::Error::InvalidArgument("cpu_products: expected x [M, K] and w [K, N]");
+  const int64_t M = x_dims[0], K = x_dims[1], N = w_dims[1];
+  const Problem p{x.typed_data(), w.typed_data(), y->typed_data(), K, N};
+  if (K * N * static_cast<int64_t>(sizeof(float)) < split_bytes || N < 16 * kBlocks ||
+      pool.num_threads() < 2) {
+    Product(p, M, 0, N);
+    return ffi::Error::Success();
+  }
+  auto split = std::make_shared<Split>();
+  const auto work = [split, p, M, N]() {
+    for (int64_t b; (b = split->next.fetch_add(1)) < kBlocks;) {
+      Product(p, M, N * b / kBlocks / 16 * 16, b + 1 == kBlocks ? N : N * (b + 1) / kBlocks / 16 * 16);
+      split->finished.fetch_add(1, std::memory_order_release);
+    }
+  };
+  pool.Schedule([work]() { work(); });
+  work();
+  while (split->finished.load(std::memory_order_acquire) < kBlocks) Relax();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProduct, RowProduct,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("split_bytes"));

@@ -1,0 +1,125 @@
+"""Row products that read the weights once: the dense layers of a decode call on CPU.
+
+A decode call multiplies a few rows (batch x K positions) by each weight
+matrix. XLA:CPU streams the weights once for one row, but hands 2..8 rows to
+a matrix-matrix kernel that costs up to 2x as much, which is most of why
+scoring γ+1 positions cost 1.3-2x one target step here
+(results/scoring_cost.md). `product` runs `x [M, K] @ w [K, N]` as an XLA
+FFI custom call (`cpu_products.cc`) that streams `w` once for up to 8 rows,
+so such a call costs about what one row does; the logits layer is split
+across two threads of XLA's pool.
+
+Each element is summed in the same order whatever the number of rows, so a
+row's result is bitwise that of a one-row call (`tests/test_cpu_products.py`).
+
+The library is compiled for this machine (`-march=native`) the first time it
+is needed, with the C++ compiler `$CXX` (default `g++`) and the XLA FFI
+headers jaxlib ships, into `$SPECDEC_CACHE_DIR/kernels/<hash>/` keyed by the
+source, the compiler, jaxlib and the CPU's flags. Where that fails (no
+compiler), `available()` is False and says why once (a warning); the
+decoder then runs XLA's own products (`kernels.dense_uses_cpu_products`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specdec_t5x import paths
+
+Array = jax.Array
+
+SOURCE = pathlib.Path(__file__).with_name('cpu_products.cc')
+TARGET_NAME = 'specdec_row_product'
+# Weights from this size on are streamed by two threads (the logits layer; a
+# cpu_target layer of 0.8 MB is faster on one: the hand-off costs ~10 us).
+SPLIT_BYTES = 2 << 20
+# Up to this many rows a decode call's dense layer runs here; the kernel
+# reads the weights once per 8 rows, so beyond it XLA's matrix kernel wins.
+MAX_ROWS = 16
+
+
+def _cpu_flags() -> str:
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith(('flags', 'Features')):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def _compiler_version(compiler: str) -> str:
+  result = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=True)
+  return result.stdout.splitlines()[0] if result.stdout else compiler
+
+
+def build(compiler: str | None = None) -> pathlib.Path:
+  """Compiles `cpu_products.cc` for this machine (cached) and returns the library's path.
+
+  Raises:
+    RuntimeError: no compiler, or the compilation failed (its output in the message).
+  """
+  compiler = compiler or os.environ.get('CXX', 'g++')
+  if shutil.which(compiler) is None:
+    raise RuntimeError(f'no C++ compiler {compiler!r} on PATH (set $CXX, or install g++)')
+  key = hashlib.sha256('\n'.join([
+      SOURCE.read_text(), _compiler_version(compiler), importlib.metadata.version('jaxlib'),
+      _cpu_flags(),
+  ]).encode()).hexdigest()[:16]
+  library = paths.cache_dir('kernels', key) / 'libcpu_products.so'
+  if library.exists():
+    return library
+  with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+    built = pathlib.Path(tmp) / library.name
+    command = [compiler, '-O3', '-march=native', '-std=c++17', '-shared', '-fPIC',
+               f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(built)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+      raise RuntimeError(f'compiling {SOURCE.name} failed ({" ".join(command)}):\n'
+                         f'{result.stderr[-4000:]}')
+    os.replace(built, library)  # atomic: a concurrent build finds a whole file or none
+  return library
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the custom call is built and registered for the CPU (warns once if not)."""
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowProduct),
+                                platform='cpu')
+  except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+    warnings.warn(f'specdec_t5x.network.cpu_products is unavailable, so decode calls on CPU '
+                  f'use XLA\'s own products (slower for a few rows): {e}', RuntimeWarning,
+                  stacklevel=2)
+    return False
+  return True
+
+
+def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
+  """`x [M, K] @ w [K, N]` in float32, streaming `w` once per 8 rows (CPU only).
+
+  Call `available()` first. Not differentiable: for decode calls.
+  """
+  if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+    raise ValueError(f'cpu_products.product takes x [M, K] and w [K, N], got {x.shape} and '
+                     f'{w.shape}')
+  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+    raise ValueError(f'cpu_products.product is float32 only, got {x.dtype} and {w.dtype}')
+  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32),
+                          vmap_method='sequential')
+  return call(x, w, split_bytes=np.int64(split_bytes))

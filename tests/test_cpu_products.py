@@ -1,0 +1,80 @@
+"""`cpu_products.product`: x @ w for a few rows, each row bitwise that of a one-row call.
+
+It is the product of every dense layer of a float32 decode call on CPU, so the
+network tests (test_network_kernels.py) and every decoding test run it too;
+here it meets a float64 reference on awkward shapes, its row invariance and its
+split across threads, and the fallback when the library cannot be built.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdec_t5x.network import cpu_products, kernels
+
+pytestmark = pytest.mark.skipif(not cpu_products.available(),
+                                reason='no C++ compiler: the decoder uses XLA products')
+
+
+def _operands(rows: int, k: int, n: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(rows, k)), jnp.float32),
+          jnp.asarray(rng.normal(size=(k, n)) / np.sqrt(k), jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames='split_bytes')
+def _product(x, w, split_bytes=cpu_products.SPLIT_BYTES):
+  return cpu_products.product(x, w, split_bytes=split_bytes)
+
+
+# Odd sizes: columns beyond the last 16 (n = 37, 1000), K not a multiple of 4 (k = 7, 130),
+# more rows than one pass over w takes (17), split and unsplit.
+@pytest.mark.parametrize('rows,k,n', [(1, 7, 37), (3, 64, 256), (5, 130, 1000), (8, 256, 768),
+                                      (17, 48, 64)])
+@pytest.mark.parametrize('split_bytes', [0, 1 << 40])
+def test_product_matches_a_float64_reference(rows, k, n, split_bytes):
+  x, w = _operands(rows, k, n, seed=rows + k)
+  expected = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+  np.testing.assert_allclose(_product(x, w, split_bytes=split_bytes), expected, rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('k,n', [(64, 250), (256, 8192)])
+def test_each_row_has_the_bits_of_a_one_row_call(k, n):
+  x, w = _operands(12, k, n, seed=3)
+  together = np.asarray(_product(x, w))
+  split = np.asarray(_product(x, w, split_bytes=0))
+  np.testing.assert_array_equal(split, together)
+  for m in (0, 5, 11):  # first pass, inside it, second pass
+    np.testing.assert_array_equal(together[m], np.asarray(_product(x[m:m + 1], w))[0])
+  # The control: XLA's own product of several rows does not promise that.
+  xla = np.asarray(jax.jit(jnp.dot)(x, w))
+  np.testing.assert_allclose(together, xla, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_operands_are_clear_errors():
+  x, w = _operands(2, 8, 16)
+  with pytest.raises(ValueError, match=r'x \[M, K\] and w \[K, N\], got \(2, 8\) and \(16, 8\)'):
+    cpu_products.product(x, w.T)
+  with pytest.raises(ValueError, match='float32 only, got bfloat16'):
+    cpu_products.product(x.astype(jnp.bfloat16), w)
+
+
+def test_a_missing_compiler_is_a_clear_error():
+  with pytest.raises(RuntimeError, match="no C\\+\\+ compiler 'no-such-c\\+\\+'"):
+    cpu_products.build(compiler='no-such-c++')
+
+
+def test_dense_layers_use_the_row_products_for_decode_calls_only(monkeypatch):
+  assert kernels.dense_uses_cpu_products(8, jnp.float32, 'cpu')
+  assert not kernels.dense_uses_cpu_products(cpu_products.MAX_ROWS + 1, jnp.float32, 'cpu')
+  assert not kernels.dense_uses_cpu_products(8, jnp.bfloat16, 'cpu')
+  for resolved in ('cpu_xla', 'plain', 'invariant'):
+    assert not kernels.dense_uses_cpu_products(8, jnp.float32, resolved)
+  # Training and encoding calls resolve 'cpu' to 'cpu_xla': the custom call has no gradient.
+  assert kernels.resolve_decode_kernels('cpu', jnp.float32, decode=False) == 'cpu_xla'
+  monkeypatch.setattr(cpu_products, 'available', lambda: False)  # no compiler: XLA's products
+  assert not kernels.dense_uses_cpu_products(8, jnp.float32, 'cpu')
