@@ -55,10 +55,24 @@ def test_each_row_has_the_bits_of_a_one_row_call(k, n):
   np.testing.assert_allclose(together, xla, rtol=1e-5, atol=1e-5)
 
 
+def test_head_product_is_one_product_per_batch_row_and_head():
+  rng = np.random.default_rng(4)
+  query = jnp.asarray(rng.normal(size=(2, 3, 5, 16)), jnp.float32)  # [b, h, q, d]
+  key = jnp.asarray(rng.normal(size=(2, 3, 16, 40)), jnp.float32)   # [b, h, d, length]
+  got = np.asarray(jax.jit(cpu_products.head_product)(query, key))
+  np.testing.assert_allclose(got, np.einsum('bhqd,bhdk->bhqk', np.asarray(query, np.float64),
+                                            np.asarray(key, np.float64)), rtol=1e-5, atol=1e-5)
+  # Each head's rows are those of its own one-row products.
+  np.testing.assert_array_equal(got[1, 2, 3], np.asarray(_product(query[1, 2, 3:4], key[1, 2]))[0])
+
+
 def test_bad_operands_are_clear_errors():
   x, w = _operands(2, 8, 16)
-  with pytest.raises(ValueError, match=r'x \[M, K\] and w \[K, N\], got \(2, 8\) and \(16, 8\)'):
+  with pytest.raises(ValueError, match=r'x \[M, K\] and w \[K, N\], or x \[B, M, K\] and w '
+                                       r'\[B, K, N\], got \(2, 8\) and \(16, 8\)'):
     cpu_products.product(x, w.T)
+  with pytest.raises(ValueError, match=r'got \(1, 2, 8\) and \(2, 8, 16\)'):
+    cpu_products.product(x[None], jnp.stack([w, w]))
   with pytest.raises(ValueError, match='float32 only, got bfloat16'):
     cpu_products.product(x.astype(jnp.bfloat16), w)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
 
-from specdec_t5x.network import kernels
+from specdec_t5x.network import cpu_products, kernels
 from specdec_t5x.network.layers import DenseGeneral
 
 Array = jax.Array
@@ -106,8 +106,9 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
     block_key: `[b, h, d, q]`; block_value: `[b, h, q, d]`: the new entries.
     block_bias: `[b, h, q, q]` (or broadcastable): relative position bias and
       causal mask among the new positions.
-    decode_kernels: `T5Config.decode_kernels`; with the CPU-tuned paths a few
-      queries read the cache one at a time (`kernels.attention_uses_matvecs`).
+    decode_kernels: `T5Config.decode_kernels`; with the CPU-tuned paths the
+      queries read the cache as row products (`kernels.attention_uses_cpu_products`)
+      or, without them, a few queries one at a time (`kernels.attention_uses_matvecs`).
 
   Returns:
     `[b, q, h, d]`.
@@ -116,8 +117,11 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
     query = query.astype(jnp.float32)
     key = key.astype(jnp.float32)
     block_key = block_key.astype(jnp.float32)
-  few = kernels.attention_uses_matvecs(query.shape[1], decode_kernels)
-  if few:
+  rows = kernels.attention_uses_cpu_products(query.shape[1], dtype, decode_kernels)
+  few = not rows and kernels.attention_uses_matvecs(query.shape[1], decode_kernels)
+  if rows:
+    cache_logits = cpu_products.head_product(jnp.swapaxes(query, 1, 2), key)
+  elif few:
     cache_logits = kernels.matvecs('bhd,bhdk->bhk', jnp.swapaxes(query, 1, 2), key, axis=2)
   else:
     cache_logits = jnp.einsum('bqhd,bhdk->bhqk', query, key)
@@ -129,7 +133,9 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
   weights = _attention_weights(logits, bias, dropout_rng, dropout_rate, deterministic, dtype)
   length = key.shape[-1]
   cache_weights, block_weights = weights[..., :length], weights[..., length:]
-  if few:
+  if rows:
+    from_cache = cpu_products.head_product(cache_weights.astype(value.dtype), value)
+  elif few:
     from_cache = kernels.matvecs('bhk,bhkd->bhd', cache_weights, value, axis=2)
   else:
     from_cache = jnp.einsum('bhqk,bhkd->bhqd', cache_weights, value)

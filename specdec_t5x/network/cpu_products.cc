@@ -1,7 +1,9 @@
 // Products of a few rows by a weight matrix that read the weights once: the
-// decoder's dense layers in a decode call on CPU (specdec_t5x.network.cpu_products).
+// decoder's dense layers and its attention over the cache in a decode call on
+// CPU (specdec_t5x.network.cpu_products).
 //
-// y [M, N] = x [M, K] @ w [K, N], float32, row-major. XLA:CPU runs one row with
+// y [M, N] = x [M, K] @ w [K, N], float32, row-major, or one such product per
+// index of a leading batch axis (x [B, M, K], w [B, K, N]: attention per head). XLA:CPU runs one row with
 // a matrix-vector kernel that streams w once, but 2..8 rows with a
 // matrix-matrix kernel that costs up to 2x as much (it packs w first). Here w
 // is streamed once, four of its rows at a time, and every row of x is
@@ -139,13 +141,23 @@ ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                       ffi::ResultBuffer<ffi::F32> y, int64_t split_bytes) {
   const auto x_dims = x.dimensions();
   const auto w_dims = w.dimensions();
-  if (x_dims.size() != 2 || w_dims.size() != 2 || x_dims[1] != w_dims[0])
-    return ffi::Error::InvalidArgument("cpu_products: expected x [M, K] and w [K, N]");
-  const int64_t M = x_dims[0], K = x_dims[1], N = w_dims[1];
+  const size_t rank = x_dims.size();
+  if (rank < 2 || rank > 3 || w_dims.size() != rank || x_dims[rank - 1] != w_dims[rank - 2] ||
+      (rank == 3 && x_dims[0] != w_dims[0]))
+    return ffi::Error::InvalidArgument(
+        "cpu_products: expected x [M, K] and w [K, N], or x [B, M, K] and w [B, K, N]");
+  const int64_t B = rank == 3 ? x_dims[0] : 1;
+  const int64_t M = x_dims[rank - 2], K = x_dims[rank - 1], N = w_dims[rank - 1];
   const Problem p{x.typed_data(), w.typed_data(), y->typed_data(), K, N};
-  if (K * N * static_cast<int64_t>(sizeof(float)) < split_bytes || N < 16 * kBlocks ||
+  if (B > 1 || K * N * static_cast<int64_t>(sizeof(float)) < split_bytes || N < 16 * kBlocks ||
       pool.num_threads() < 2) {
-    Product(p, M, 0, N);
+    for (int64_t b = 0; b < B; ++b) {
+      Problem one = p;
+      one.x = p.x + b * M * K;
+      one.w = p.w + b * K * N;
+      one.y = p.y + b * M * N;
+      Product(one, M, 0, N);
+    }
     return ffi::Error::Success();
   }
   auto split = std::make_shared<Split>();

@@ -113,13 +113,23 @@ def available() -> bool:
 def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
   """`x [M, K] @ w [K, N]` in float32, streaming `w` once per 8 rows (CPU only).
 
-  Call `available()` first. Not differentiable: for decode calls.
+  With a leading batch axis, `x [B, M, K]` and `w [B, K, N]`, one such
+  product per index (`[B, M, N]`; never split across threads). Call
+  `available()` first. Not differentiable: for decode calls.
   """
-  if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
-    raise ValueError(f'cpu_products.product takes x [M, K] and w [K, N], got {x.shape} and '
-                     f'{w.shape}')
+  batched = x.ndim == 3 and w.ndim == 3 and x.shape[0] == w.shape[0]
+  if not (batched or (x.ndim == 2 and w.ndim == 2)) or x.shape[-1] != w.shape[-2]:
+    raise ValueError(f'cpu_products.product takes x [M, K] and w [K, N], or x [B, M, K] and '
+                     f'w [B, K, N], got {x.shape} and {w.shape}')
   if x.dtype != jnp.float32 or w.dtype != jnp.float32:
     raise ValueError(f'cpu_products.product is float32 only, got {x.dtype} and {w.dtype}')
-  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32),
+  shape = x.shape[:-1] + w.shape[-1:]
+  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')
   return call(x, w, split_bytes=np.int64(split_bytes))
+
+
+def head_product(x: Array, w: Array) -> Array:
+  """`x [b, h, m, k] @ w [b, h, k, n]` per batch row and head (attention over the cache)."""
+  (b, h, m, k), n = x.shape, w.shape[-1]
+  return product(x.reshape(b * h, m, k), w.reshape(b * h, k, n)).reshape(b, h, m, n)

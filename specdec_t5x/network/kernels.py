@@ -25,10 +25,12 @@ call) and were measured on CPU only (results/scoring_cost.md).
   on cpu_target), measured as ~0.15 ms more per position (the small-product
   kernel reaches ~90 GFLOP/s) against a one-position call of ~1 ms.
 * Row products that read the weights once (`cpu_products`), for the dense
-  layers of decode calls in float32: a C++ custom call that streams each
-  weight matrix once for up to 8 rows, so the verification call of K = γ+1
-  positions costs about what one position does in those layers (XLA's
-  matrix kernel packs the weights first: +20-70% at K = 2..4). They replace
+  layers of decode calls in float32 and their attention over the cache (per
+  head, the queries times the cached keys, the weights times the cached
+  values): a C++ custom call that streams each matrix once for up to 8 rows,
+  so the verification call of K = γ+1 positions costs about what one
+  position does in those products (XLA's matrix kernel packs the weights
+  first: +20-70% at K = 2..4). They replace
   the per-row products above, and apply under 'cpu' to decode calls only
   (the custom call has no gradient); 'cpu_xla' is 'cpu' with XLA's own
   products (the fallback where the library cannot be built, and the
@@ -178,6 +180,11 @@ def dense_uses_matvecs(rows: int, positions: int, kernel_bytes: int,
     return positions <= INVARIANT_MAX_POSITIONS
   return (uses_cpu_paths(decode_kernels) and 1 < rows <= MATVEC_MAX_ROWS
           and positions <= MATVEC_MAX_POSITIONS and kernel_bytes <= MATVEC_MAX_KERNEL_BYTES)
+
+
+def attention_uses_cpu_products(num_queries: int, dtype: Any, decode_kernels: str) -> bool:
+  """Whether attention of `num_queries` new positions reads the cache with `cpu_products`."""
+  return dense_uses_cpu_products(num_queries, dtype, decode_kernels)
 
 
 def attention_uses_matvecs(num_queries: int, decode_kernels: str = 'auto') -> bool:
