@@ -281,3 +281,16 @@ def test_an_invariant_call_beyond_its_positions_is_a_clear_error():
   too_many = jnp.ones((1, kernels.INVARIANT_MAX_POSITIONS + 1), jnp.int32)
   with pytest.raises(ValueError, match='INVARIANT_MAX_POSITIONS = 16 positions, got 17'):
     cache_lib.decode_step(module, params, cache, encoded, encoder_tokens, too_many)
+
+
+def test_per_token_embedding_lookups_equal_the_gather():
+  embed = network.Embed(num_embeddings=50, features=6)
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, 50, (3, 5)), jnp.int32)
+  variables = embed.init(jax.random.PRNGKey(0), ids)
+  gathered = embed.apply(variables, ids)
+  sliced = jax.jit(lambda v, t: embed.apply(v, t, per_token=True))(variables, ids)
+  assert sliced.shape == (3, 5, 6)
+  np.testing.assert_array_equal(sliced, gathered)
+  assert kernels.embeds_per_token(kernels.EMBED_SLICES_MAX_TOKENS, 'cpu')
+  assert not kernels.embeds_per_token(kernels.EMBED_SLICES_MAX_TOKENS + 1, 'cpu')
+  assert not kernels.embeds_per_token(2, 'plain')

@@ -35,6 +35,11 @@ call) and were measured on CPU only (results/scoring_cost.md).
   (the custom call has no gradient); 'cpu_xla' is 'cpu' with XLA's own
   products (the fallback where the library cannot be built, and the
   baseline of results/scoring_cost.md).
+* Per-token embedding lookups (`embeds_per_token`). XLA:CPU splits the
+  gather of 2..16 token embeddings across two threads, a hand-off that cost
+  ~20 us a call (measured on cpu_small, whose whole one-position step takes
+  ~45 us, so its 2-position call cost 1.8-2x); one dynamic slice per token
+  is never split. The rows are copies either way: the same bits.
 * Per-row cache writes (`write_rows`). Each row of a batch writes its new
   keys/values at its own position with one in-place `dynamic_update_slice`:
   a vmapped one becomes a scatter that XLA:CPU lowers to a select over, and
@@ -113,6 +118,8 @@ ATTENTION_MATVEC_MAX_QUERIES = 1
 # Up to this many rows `write_rows` unrolls its per-row writes; beyond, it
 # loops, so that the program's size does not grow with the batch.
 WRITE_ROWS_MAX_UNROLLED = 16
+# Up to this many tokens a decode call looks their embeddings up one slice each.
+EMBED_SLICES_MAX_TOKENS = 16
 # Up to this many products `matvecs` unrolls; beyond, it maps a loop over them.
 MATVECS_MAX_UNROLLED = 16
 
@@ -185,6 +192,11 @@ def dense_uses_matvecs(rows: int, positions: int, kernel_bytes: int,
 def attention_uses_cpu_products(num_queries: int, dtype: Any, decode_kernels: str) -> bool:
   """Whether attention of `num_queries` new positions reads the cache with `cpu_products`."""
   return dense_uses_cpu_products(num_queries, dtype, decode_kernels)
+
+
+def embeds_per_token(num_tokens: int, decode_kernels: str) -> bool:
+  """Whether a decode call of `num_tokens` tokens (all rows) looks each up as its own slice."""
+  return uses_cpu_paths(decode_kernels) and num_tokens <= EMBED_SLICES_MAX_TOKENS
 
 
 def attention_uses_matvecs(num_queries: int, decode_kernels: str = 'auto') -> bool:

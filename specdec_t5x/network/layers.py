@@ -112,11 +112,21 @@ class Embed(nn.Module):
                                      (self.num_embeddings, self.features), jnp.float32,
                                      axes=('vocab', 'embed'))
 
-  def __call__(self, inputs: Array) -> Array:
-    """Embeddings `[batch, length, features]` of token ids `[batch, length]`."""
+  def __call__(self, inputs: Array, per_token: bool = False) -> Array:
+    """Embeddings `[batch, length, features]` of token ids `[batch, length]`.
+
+    `per_token` looks each token up as its own slice (`kernels.embeds_per_token`
+    says when a decode call should); ids must lie in the table.
+    """
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
       raise ValueError('Input type must be an integer or unsigned integer.')
-    output = jnp.take(jnp.asarray(self.embedding, self.dtype), inputs, axis=0)
+    table = jnp.asarray(self.embedding, self.dtype)
+    if per_token:
+      ids = jnp.clip(jnp.reshape(inputs, (-1,)), 0, self.num_embeddings - 1)
+      rows = [lax.dynamic_slice_in_dim(table, ids[i], 1, axis=0) for i in range(ids.shape[0])]
+      output = jnp.reshape(jnp.concatenate(rows, axis=0), inputs.shape + (self.features,))
+    else:
+      output = jnp.take(table, inputs, axis=0)
     return with_sharding_constraint(output, ('batch', 'length', 'embed'))
 
   def attend(self, query: Array) -> Array:

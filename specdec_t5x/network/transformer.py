@@ -173,7 +173,9 @@ class Decoder(nn.Module):
     decoder_bias = relpos(query_positions, key_length, bidirectional=False)
 
     if decoder_input_embeddings is None:
-      y = self.shared_embedding(decoder_input_tokens.astype('int32'))
+      per_token = decode and kernels.embeds_per_token(decoder_input_tokens.size,
+                                                      cfg.decode_kernels)
+      y = self.shared_embedding(decoder_input_tokens.astype('int32'), per_token=per_token)
     else:
       y = decoder_input_embeddings
     y = _dropout(cfg)(y, deterministic=deterministic).astype(cfg.dtype)
