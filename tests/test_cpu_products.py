@@ -66,6 +66,16 @@ def test_head_product_is_one_product_per_batch_row_and_head():
   np.testing.assert_array_equal(got[1, 2, 3], np.asarray(_product(query[1, 2, 3:4], key[1, 2]))[0])
 
 
+def test_gradients_are_those_of_the_plain_product():
+  """Training PaSS embeddings differentiates through decode calls, so through the row products."""
+  x, w = _operands(3, 16, 40, seed=5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  got = jax.jit(jax.grad(loss(cpu_products.product), argnums=(0, 1)))(x, w)
+  expected = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w)
+  for g, e in zip(got, expected, strict=True):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_operands_are_clear_errors():
   x, w = _operands(2, 8, 16)
   with pytest.raises(ValueError, match=r'x \[M, K\] and w \[K, N\], or x \[B, M, K\] and w '
@@ -88,7 +98,7 @@ def test_dense_layers_use_the_row_products_for_decode_calls_only(monkeypatch):
   assert not kernels.dense_uses_cpu_products(8, jnp.bfloat16, 'cpu')
   for resolved in ('cpu_xla', 'plain', 'invariant'):
     assert not kernels.dense_uses_cpu_products(8, jnp.float32, resolved)
-  # Training and encoding calls resolve 'cpu' to 'cpu_xla': the custom call has no gradient.
+  # Training and encoding calls (many rows) resolve 'cpu' to 'cpu_xla'.
   assert kernels.resolve_decode_kernels('cpu', jnp.float32, decode=False) == 'cpu_xla'
   monkeypatch.setattr(cpu_products, 'available', lambda: False)  # no compiler: XLA's products
   assert not kernels.dense_uses_cpu_products(8, jnp.float32, 'cpu')

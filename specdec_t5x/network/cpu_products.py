@@ -115,7 +115,8 @@ def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
 
   With a leading batch axis, `x [B, M, K]` and `w [B, K, N]`, one such
   product per index (`[B, M, N]`; never split across threads). Call
-  `available()` first. Not differentiable: for decode calls.
+  `available()` first. Its derivatives are XLA's products of the tangents
+  (training PaSS embeddings differentiates through decode calls).
   """
   batched = x.ndim == 3 and w.ndim == 3 and x.shape[0] == w.shape[0]
   if not (batched or (x.ndim == 2 and w.ndim == 2)) or x.shape[-1] != w.shape[-2]:
@@ -123,10 +124,21 @@ def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
                      f'w [B, K, N], got {x.shape} and {w.shape}')
   if x.dtype != jnp.float32 or w.dtype != jnp.float32:
     raise ValueError(f'cpu_products.product is float32 only, got {x.dtype} and {w.dtype}')
-  shape = x.shape[:-1] + w.shape[-1:]
-  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct(shape, jnp.float32),
+  return _row_product(x, w, split_bytes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _row_product(x: Array, w: Array, split_bytes: int) -> Array:
+  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct(x.shape[:-1] + w.shape[-1:],
+                                                            jnp.float32),
                           vmap_method='sequential')
   return call(x, w, split_bytes=np.int64(split_bytes))
+
+
+@_row_product.defjvp
+def _row_product_jvp(split_bytes: int, primals, tangents):
+  (x, w), (dx, dw) = primals, tangents
+  return _row_product(x, w, split_bytes), jnp.matmul(dx, w) + jnp.matmul(x, dw)
 
 
 def head_product(x: Array, w: Array) -> Array:

@@ -30,9 +30,11 @@ call) and were measured on CPU only (results/scoring_cost.md).
   values): a C++ custom call that streams each matrix once for up to 8 rows,
   so the verification call of K = γ+1 positions costs about what one
   position does in those products (XLA's matrix kernel packs the weights
-  first: +20-70% at K = 2..4). They replace
-  the per-row products above, and apply under 'cpu' to decode calls only
-  (the custom call has no gradient); 'cpu_xla' is 'cpu' with XLA's own
+  first: +20-70% at K = 2..4). They replace the per-row products above,
+  and apply under 'cpu' to decode calls only (training and encoder calls
+  have many rows, XLA's matrix kernel's case; the custom call's derivatives
+  are XLA's products, for PaSS embeddings trained through decode calls);
+  'cpu_xla' is 'cpu' with XLA's own
   products (the fallback where the library cannot be built, and the
   baseline of results/scoring_cost.md).
 * Per-token embedding lookups (`embeds_per_token`). XLA:CPU splits the
