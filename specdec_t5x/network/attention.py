@@ -134,7 +134,7 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
   length = key.shape[-1]
   cache_weights, block_weights = weights[..., :length], weights[..., length:]
   if rows:
-    from_cache = cpu_products.head_product(cache_weights.astype(value.dtype), value)
+    from_cache = cpu_products.head_product(cache_weights, value)
   elif few:
     from_cache = kernels.matvecs('bhk,bhkd->bhd', cache_weights, value, axis=2)
   else:

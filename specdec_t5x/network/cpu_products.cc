@@ -3,8 +3,8 @@
 // CPU (specdec_t5x.network.cpu_products).
 //
 // y [M, N] = x [M, K] @ w [K, N], float32, row-major, or one such product per
-// index of a leading batch axis (x [B, M, K], w [B, K, N]: attention per head). XLA:CPU runs one row with
-// a matrix-vector kernel that streams w once, but 2..8 rows with a
+// index of a leading batch axis (x [B, M, K], w [B, K, N]: attention per head).
+// XLA:CPU runs one row with a matrix-vector kernel that streams w once, but 2..8 rows with a
 // matrix-matrix kernel that costs up to 2x as much (it packs w first). Here w
 // is streamed once, four of its rows at a time, and every row of x is
 // multiplied by each loaded vector of w while it is in registers, so a call of

@@ -1,4 +1,4 @@
-"""Row products that read the weights once: the dense layers of a decode call on CPU.
+"""Row products that read the weights once: a decode call's dense layers and attention on CPU.
 
 A decode call multiplies a few rows (batch x K positions) by each weight
 matrix. XLA:CPU streams the weights once for one row, but hands 2..8 rows to
@@ -15,7 +15,7 @@ row's result is bitwise that of a one-row call (`tests/test_cpu_products.py`).
 The library is compiled for this machine (`-march=native`) the first time it
 is needed, with the C++ compiler `$CXX` (default `g++`) and the XLA FFI
 headers jaxlib ships, into `$SPECDEC_CACHE_DIR/kernels/<hash>/` keyed by the
-source, the compiler, jaxlib and the CPU's flags. Where that fails (no
+source, the flags, the compiler, jaxlib and the CPU's flags. Where that fails (no
 compiler), `available()` is False and says why once (a warning); the
 decoder then runs XLA's own products (`kernels.dense_uses_cpu_products`).
 """

@@ -34,9 +34,8 @@ call) and were measured on CPU only (results/scoring_cost.md).
   and apply under 'cpu' to decode calls only (training and encoder calls
   have many rows, XLA's matrix kernel's case; the custom call's derivatives
   are XLA's products, for PaSS embeddings trained through decode calls);
-  'cpu_xla' is 'cpu' with XLA's own
-  products (the fallback where the library cannot be built, and the
-  baseline of results/scoring_cost.md).
+  'cpu_xla' is 'cpu' with XLA's own products (the fallback where the
+  library cannot be built, and the baseline of results/scoring_cost.md).
 * Per-token embedding lookups (`embeds_per_token`). XLA:CPU splits the
   gather of 2..16 token embeddings across two threads, a hand-off that cost
   ~20 us a call (measured on cpu_small, whose whole one-position step takes

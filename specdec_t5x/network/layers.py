@@ -57,15 +57,13 @@ class DenseGeneral(nn.Module):
     rows = int(np.prod(batch_shape))
     # Inputs are [batch, length, ...]: the positions per row are the second axis.
     positions = batch_shape[1] if len(batch_shape) > 1 else 1
-    trailing = axis == tuple(range(len(batch_shape), inputs.ndim))
-    if trailing and kernels.dense_uses_cpu_products(rows, self.dtype, self.decode_kernels):
+    if axis == tuple(range(len(batch_shape), inputs.ndim)):  # trailing axes: rows x kernel
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
-      return jnp.reshape(cpu_products.product(flat, kernel), batch_shape + features)
-    few_rows = kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels)
-    if few_rows and trailing:
-      flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
-      return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
-                         batch_shape + features)
+      if kernels.dense_uses_cpu_products(rows, self.dtype, self.decode_kernels):
+        return jnp.reshape(cpu_products.product(flat, kernel), batch_shape + features)
+      if kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels):
+        return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
+                           batch_shape + features)
     kernel = jnp.reshape(kernel, kernel_shape)
     contract = tuple(range(len(axis)))
     return lax.dot_general(inputs, kernel, ((axis, contract), ((), ())))
