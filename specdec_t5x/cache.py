@@ -3,7 +3,8 @@
 A cache is the Flax `'cache'` collection: per decoder layer the self-attention
 keys `[batch, heads, head_dim, length]` and values `[batch, heads, length,
 head_dim]` (heads-major, so attention reads them without transposing) and the
-cross-attention keys/values of the encoder output, plus one per-row write position
+cross-attention keys `[batch, heads, head_dim, enc_len]` and values `[batch,
+heads, enc_len, head_dim]` of the encoder output, plus one per-row write position
 `decoder/decode_position [batch]`. Position p holds the decoder input of step
 p (BOS at 0). Rewinding a row is setting its position: entries at or beyond it
 are never attended to and are overwritten by the next write.

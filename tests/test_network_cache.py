@@ -123,8 +123,10 @@ def test_cross_attention_is_cached_once(model):
   encoded = encode(module, params, encoder_tokens)
   cache = init_cache(module, params, encoded, encoder_tokens, 8)
   cross = cache['decoder']['layers_0']['encoder_decoder_attention']
-  assert cross['cached_cross_key'].shape == (2, 5, module.config.num_heads,
-                                             module.config.head_dim)
+  heads, head_dim = module.config.num_heads, module.config.head_dim
+  # Heads-major, like the self-attention cache: keys [b, h, d, k], values [b, h, k, d].
+  assert cross['cached_cross_key'].shape == (2, heads, head_dim, 5)
+  assert cross['cached_cross_value'].shape == (2, heads, 5, head_dim)
   # Later steps must not depend on the encoder output passed in: the cache is used.
   tokens = np.array([[0, 3], [0, 4]])
   with_real, _ = cache_lib.decode_step(module, params, cache, encoded, encoder_tokens, tokens)

@@ -143,6 +143,42 @@ def _cached_attention(query: Array, key: Array, value: Array, bias: Array,
   return jnp.swapaxes(from_cache + from_block, 1, 2)
 
 
+def _attend_cross_cache(query: Array, key: Array, value: Array, bias: Array | None,
+                        dtype: Any = jnp.float32, float32_logits: bool = False,
+                        decode_kernels: str = 'auto') -> Array:
+  """Attention of `query [b, q, h, d]` over the cached cross-attention keys and values.
+
+  Args:
+    query: `[b, q, h, d]`.
+    key: the encoder output's keys `[b, h, d, k]`; value: `[b, h, k, d]`, kept
+      heads-major like the self-attention cache (`_cached_attention`): in the
+      projections' `[b, k, h, d]` XLA transposed both on every decode call
+      (on cpu_target 8 copies of ~15 us per one-position step, and matrix
+      kernels for K >= 2 positions).
+    bias: `[b, 1 or h, q, k]`, the encoder padding mask as a bias.
+    decode_kernels: with the CPU-tuned paths (`kernels.attention_uses_cpu_products`)
+      both products are row products, bitwise the same for each query
+      whatever the number of queries.
+
+  Returns:
+    `[b, q, h, d]`.
+  """
+  if float32_logits:
+    query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+  rows = kernels.attention_uses_cpu_products(query.shape[1], dtype, decode_kernels)
+  heads_query = jnp.swapaxes(query, 1, 2)  # [b, h, q, d]
+  if rows:
+    logits = cpu_products.head_product(heads_query, key)
+  else:
+    logits = jnp.einsum('bhqd,bhdk->bhqk', heads_query, key)
+  weights = _attention_weights(logits, bias, None, 0.0, True, dtype)
+  if rows:
+    x = cpu_products.head_product(weights, value)
+  else:
+    x = jnp.einsum('bhqk,bhkd->bhqd', weights, value)
+  return jnp.swapaxes(x, 1, 2)
+
+
 def _attend_written_cache(query: Array, key: Array, value: Array, mask: Array | None,
                           bias: Array, decode_positions: Array, dtype: Any,
                           float32_logits: bool) -> Array:
@@ -285,14 +321,14 @@ class MultiHeadDotProductAttention(nn.Module):
 
     if cache_mode == 'cross' and self.has_variable('cache', 'cached_cross_key'):
       # Keys/values of the encoder output were projected once for this request.
-      key = self.get_variable('cache', 'cached_cross_key')
-      value = self.get_variable('cache', 'cached_cross_value')
-    else:
-      key = self._project('key', inputs_kv, self.kernel_init)
-      value = self._project('value', inputs_kv, self.kernel_init)
-      if cache_mode == 'cross' and fill_cross_cache:
-        self.variable('cache', 'cached_cross_key', lambda: key)
-        self.variable('cache', 'cached_cross_value', lambda: value)
+      x = self._attend_cached_encoder(query, _combine_biases(_mask_to_bias(mask, self.dtype), bias))
+      return self._output(x, inputs_q)
+    key = self._project('key', inputs_kv, self.kernel_init)
+    value = self._project('value', inputs_kv, self.kernel_init)
+    if cache_mode == 'cross' and fill_cross_cache:
+      # Heads-major, as `_attend_cross_cache` reads them: keys [b, h, d, k], values [b, h, k, d].
+      self.variable('cache', 'cached_cross_key', lambda: jnp.transpose(key, (0, 2, 3, 1)))
+      self.variable('cache', 'cached_cross_value', lambda: jnp.transpose(value, (0, 2, 1, 3)))
 
     dropout_rng = (self.make_rng('dropout')
                    if not deterministic and self.dropout_rate > 0.0 else None)
@@ -312,14 +348,27 @@ class MultiHeadDotProductAttention(nn.Module):
       attend = functools.partial(
           dot_product_attention, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
           deterministic=deterministic, dtype=self.dtype, float32_logits=self.float32_logits)
-      full_bias = _combine_biases(_mask_to_bias(mask, self.dtype), bias)
-      if (cache_mode == 'cross' and full_bias is not None
-          and kernels.runs_per_position(query, self.decode_kernels)):
-        # One query at a time, each with its row of the [b, h, q, k] bias.
-        x = kernels.per_position(lambda q, b: attend(q, key, value, jnp.swapaxes(b, 1, 2)),
-                                 query, jnp.swapaxes(full_bias, 1, 2))
-      else:
-        x = attend(query, key, value, full_bias)
+      x = attend(query, key, value, _combine_biases(_mask_to_bias(mask, self.dtype), bias))
+    return self._output(x, inputs_q)
+
+  def _attend_cached_encoder(self, query: Array, bias: Array | None) -> Array:
+    """`_attend_cross_cache` over this layer's cached keys/values (`[b, q, h, d]`).
+
+    Under 'invariant' one query at a time, each with its row of the
+    `[b, 1 or h, q, k]` bias, as a one-position call computes it.
+    """
+    key = self.get_variable('cache', 'cached_cross_key')
+    value = self.get_variable('cache', 'cached_cross_value')
+    attend = functools.partial(_attend_cross_cache, key=key, value=value, dtype=self.dtype,
+                               float32_logits=self.float32_logits,
+                               decode_kernels=self.decode_kernels)
+    if bias is not None and kernels.runs_per_position(query, self.decode_kernels):
+      return kernels.per_position(lambda q, b: attend(q, bias=jnp.swapaxes(b, 1, 2)),
+                                  query, jnp.swapaxes(bias, 1, 2))
+    return attend(query, bias=bias)
+
+  def _output(self, x: Array, inputs_q: Array) -> Array:
+    """The `out` projection of the heads `x [b, q, h, d]` back to `[b, q, emb]`."""
     return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
                         kernel_axes=('joined_kv', 'embed'), dtype=self.dtype,
                         decode_kernels=self.decode_kernels, name='out')(x)
