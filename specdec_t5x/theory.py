@@ -170,6 +170,39 @@ def walltime_improvement_measured(alpha: ArrayOrFloat, gamma: int, c: ArrayOrFlo
   return _scalar_or_array(tokens / (gamma * c_array + cost_array))
 
 
+def walltime_improvement_per_request(alpha: ArrayOrFloat, gamma: int, c: ArrayOrFloat,
+                                     scoring_cost: ArrayOrFloat, steps: ArrayOrFloat,
+                                     setup_cost: ArrayOrFloat,
+                                     draft_setup_cost: ArrayOrFloat = 0.0) -> ArrayOrFloat:
+  """Walltime factor of whole requests: (E + N) / (E + D + N (γc + scoring_cost) / E[tokens]).
+
+  The paper's formula counts the decoder steps only. A request also pays
+  once for its encoder pass and the decode cache (`setup_cost` E, in target
+  steps, the same in both decoders) and, speculatively, for the draft's own
+  encoder pass and cache (`draft_setup_cost` D). With N = `steps` tokens
+  that fixed part bounds the speedup below (E + N) / (E + D) however good
+  the draft: it matters where the outputs are short against the inputs.
+  With E = D = 0 this is `walltime_improvement_measured`.
+
+  Args:
+    alpha, gamma, c, scoring_cost: as in `walltime_improvement_measured`.
+    steps: tokens the autoregressive decoder emits for the request (its steps), > 0.
+    setup_cost: encoder pass and cache set-up of the target / one target step, >= 0.
+    draft_setup_cost: the draft's encoder pass and cache / one target step, >= 0.
+
+  Returns:
+    Speedup of the request over autoregressive decoding with the target.
+  """
+  tokens = np.asarray(expected_tokens_per_iteration(alpha, gamma))
+  c_array = _check_nonnegative(c, 'c (draft/target step time ratio)')
+  cost_array = _check_positive(scoring_cost, 'scoring_cost')
+  n = _check_positive(steps, 'steps')
+  setup = _check_nonnegative(setup_cost, 'setup_cost')
+  draft_setup = _check_nonnegative(draft_setup_cost, 'draft_setup_cost')
+  iteration = gamma * c_array + cost_array
+  return _scalar_or_array((setup + n) / (setup + draft_setup + n * iteration / tokens))
+
+
 def arithmetic_operations_factor(alpha: ArrayOrFloat, gamma: int,
                                  c_hat: ArrayOrFloat) -> ArrayOrFloat:
   """Expected arithmetic operations relative to autoregressive decoding.

@@ -37,3 +37,21 @@ def test_the_table_names_the_quantity_that_separates_a_cell():
   row = table.splitlines()[-1]
   assert row.startswith('| EnDe | large | 1.10x |') and 'unreachable' in row
   assert ('α (the smallest change' in row) or ('scoring cost (the smallest change' in row)
+
+
+def test_a_request_s_set_up_caps_the_speed_and_is_solved_back():
+  alpha, c, gamma, cost = 0.8, 0.1, 4, 1.3
+  request = gap.RequestCosts(steps=10.0, setup=4.0, draft_setup=1.0)
+  goal = float(theory.walltime_improvement_per_request(alpha, gamma, c, cost, *request))
+  assert goal < float(theory.walltime_improvement_measured(alpha, gamma, c, cost))
+  scoring = {gamma: cost}
+  assert gap.alpha_needed(goal, c, scoring, request) == pytest.approx(alpha, abs=1e-9)
+  assert gap.setup_needed(goal, alpha, c, scoring, request) == pytest.approx(1.0)
+  assert gap.setup_needed(goal + 0.1, alpha, c, scoring, request) < 1.0
+  # However good the draft, (E + N) / (E + D) bounds the request: 14 / 5 here.
+  result = gap.task_gap([{'alpha_beta': alpha, 'c': c, 'gamma': gamma, 'scoring_cost': cost,
+                          'speedup': 1.0, 'batch': 1, 'setup_steps': 4.0,
+                          'draft_setup_steps': 1.0,
+                          'per_batch': {'autoregressive_tokens': [10, 10, 10]}}], 3.0)
+  assert result['request'] == request and result['perfect_draft'] < 14.0 / 5.0
+  assert result['alpha_needed'] is None and result['c_needed'] is None

@@ -8,7 +8,7 @@ from sweep_miniature import miniature_config_dict
 
 from specdec_t5x import decoding, sweep
 from specdec_t5x.drafters import ngram, registry
-from specdec_t5x.sweep import measure
+from specdec_t5x.sweep import loading, measure
 
 STEP_COSTS = {'c': 0.1, 'scoring_cost': 1.2}
 
@@ -118,3 +118,12 @@ def test_auto_cells_calibrate_on_inputs_no_cell_times():
   calibration = loading.calibration_inputs(task, 4, timed.shape[1], seed=0)
   assert calibration.shape == timed.shape and calibration.dtype == np.int32
   assert not any((row == timed).all(axis=1).any() for row in calibration)
+
+
+def test_each_batch_keeps_its_own_padding_and_every_width_compiles_before_timing():
+  rows = np.zeros((4, 1, 96), np.int32)
+  for index, length in enumerate((20, 70, 30, 96)):
+    rows[index, 0, :length] = 5
+  batches = [loading.trim_padding(batch, measure.INPUT_LENGTH_QUANTUM) for batch in rows]
+  assert [b.shape[-1] for b in batches] == [32, 96, 32, 96]
+  assert measure._first_of_each_width(batches) == [0, 1]

@@ -102,6 +102,9 @@ def test_records_hold_sane_figures(sweep_run):
       assert 1.0 <= r['tokens_per_iteration'] <= r['gamma'] + 1
       assert r['theory_measured'] == pytest.approx(
           r['expected_tokens_per_iteration'] / (r['gamma'] * r['c'] + r['scoring_cost']))
+      # A request's set-up (encoder pass, caches) is timed too, and lowers the prediction.
+      assert r['setup_steps'] > 0 and r['draft_setup_steps'] >= 0
+      assert r['theory_request'] < r['theory_measured']
     assert len(r['per_batch']['speculative_s']) == r['num_inputs'] // r['batch']
     # α pools β over the verified positions behind it (SpeculativeOutput.beta_count).
     per_batch = r['per_batch']

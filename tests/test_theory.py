@@ -187,3 +187,18 @@ def test_alpha_from_acceptance_on_simulated_counts():
 def test_bad_inputs_raise(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_per_request_walltime_adds_the_set_up_of_both_decoders():
+  alpha, gamma, c, cost = 0.7, 3, 0.05, 1.2
+  per_step = theory.walltime_improvement_measured(alpha, gamma, c, cost)
+  assert theory.walltime_improvement_per_request(alpha, gamma, c, cost, 20.0, 0.0) == (
+      pytest.approx(per_step))
+  tokens = theory.expected_tokens_per_iteration(alpha, gamma)
+  expected = (5.0 + 20.0) / (5.0 + 1.0 + 20.0 * (gamma * c + cost) / tokens)
+  assert theory.walltime_improvement_per_request(alpha, gamma, c, cost, 20.0, 5.0, 1.0) == (
+      pytest.approx(expected))
+  with pytest.raises(ValueError, match='steps'):
+    theory.walltime_improvement_per_request(alpha, gamma, c, cost, 0.0, 5.0)
+  with pytest.raises(ValueError, match='setup_cost'):
+    theory.walltime_improvement_per_request(alpha, gamma, c, cost, 20.0, -1.0)

@@ -246,7 +246,10 @@ def step_costs(module: nn.Module, params: Any, drafter: drafters.Drafter,
   Returns:
     Medians over interleaved rounds: `target_step_ms`, `scoring_ms`,
     `propose_ms`, and the ratios `c` (proposal / γ / target step) and
-    `scoring_cost` (scoring / target step), with their interquartile ranges.
+    `scoring_cost` (scoring / target step), with their interquartile ranges;
+    `setup_steps` (the target's encoder pass and decode cache for the batch,
+    in target steps) and `draft_setup_steps` (the drafter's `init`), the
+    fixed costs of a request (`theory.walltime_improvement_per_request`).
   """
   scored = gamma + 1 + drafters.num_extra_positions(drafter)
   prefix = min(prefix, max_decode_len - 1)
@@ -257,7 +260,7 @@ def step_costs(module: nn.Module, params: Any, drafter: drafters.Drafter,
                         decoded_tokens, gamma=gamma, sampling=sampling, scored=scored,
                         max_decode_len=max_decode_len, cache_length=cache_length,
                         prefix=prefix, seed=seed)
-  kinds = ('step', 'score', 'propose')
+  kinds = ('step', 'score', 'propose', 'setup', 'draft_setup')
   calls = {}
   for kind in kinds:
     run(kind, 1)  # compiles (the call count is traced: one program per kind)
@@ -265,11 +268,13 @@ def step_costs(module: nn.Module, params: Any, drafter: drafters.Drafter,
   samples = interleaved_rounds(
       {kind: functools.partial(lambda kind: run(kind, calls[kind]) / calls[kind], kind)
        for kind in kinds}, rounds, seed)
-  step, score, propose = (np.asarray(samples[kind]) for kind in kinds)
-  # Ratios are paired within a round: the three samples saw the same machine load.
+  step, score, propose, setup, draft_setup = (np.asarray(samples[kind]) for kind in kinds)
+  # Ratios are paired within a round: the samples saw the same machine load.
   c_rounds = propose / gamma / step
   scoring_rounds = score / step
   return {
+      'setup_steps': float(np.median(setup / step)),
+      'draft_setup_steps': float(np.median(draft_setup / step)),
       'target_step_ms': 1e3 * float(np.median(step)),
       'scoring_ms': 1e3 * float(np.median(score)),
       'propose_ms': 1e3 * float(np.median(propose)),
@@ -283,7 +288,8 @@ def _step_cost_runs(module: nn.Module, params: Any, drafter: drafters.Drafter,
                     encoder_tokens: Array, decoded_tokens: np.ndarray, *, gamma: int,
                     sampling: sampling_lib.SamplingConfig, scored: int, max_decode_len: int,
                     cache_length: int, prefix: int, seed: int) -> Callable[[str, int], float]:
-  """`run(kind, calls) -> seconds` for kind 'step' (K=1), 'score' (K=scored) or 'propose'."""
+  """`run(kind, calls) -> seconds` for kind 'step' (K=1), 'score' (K=scored), 'propose',
+  'setup' (the target's encoder pass and cache) or 'draft_setup' (the drafter's `init`)."""
   batch = encoder_tokens.shape[0]
   encoded, cache = target_cache(module, params, encoder_tokens, cache_length)
   positions = jnp.full((batch,), prefix, jnp.int32)
@@ -296,6 +302,11 @@ def _step_cost_runs(module: nn.Module, params: Any, drafter: drafters.Drafter,
                   'score': jnp.full((batch, scored), 3, jnp.int32)}
 
   def run(kind: str, calls: int) -> float:
+    if kind in ('setup', 'draft_setup'):  # one jitted call each: milliseconds, not microseconds
+      setup = (functools.partial(target_cache, module, params, encoder_tokens, cache_length)
+               if kind == 'setup'
+               else functools.partial(drafters.jitted_init, drafter, encoder_tokens, cache_length))
+      return sum(timed(setup)[0] for _ in range(calls))
     if kind == 'propose':
       return timed(lambda: chained_proposals(
           drafter, draft_state, sequences, positions, rng, jnp.int32(calls), gamma=gamma,

@@ -1,11 +1,14 @@
 """What would reach a goal speed: the theory's answer for each measured quantity, one at a time.
 
-A cell's speed-up is predicted by `theory.walltime_improvement_measured(α, γ,
-c, scoring_cost(γ))`, best over γ. Holding two of the three measured
-quantities, each function here solves for the value of the third that makes
-the best-over-γ prediction reach `goal` (bisection: the prediction rises with
-α and falls with c and with the scoring cost). None means no value reaches it
-(e.g. even a free draft, c = 0, is not enough at the measured α).
+A cell's speed-up is predicted by `theory.walltime_improvement_per_request(α,
+γ, c, scoring_cost(γ), N, E, D)`, best over γ: the decoder steps of
+`walltime_improvement_measured` plus what a request of N tokens pays once (E
+for the target's encoder pass and cache, D for the draft's; records without
+them predict per step). Holding the other measured quantities, each function
+here solves for the value of one that makes the best-over-γ prediction reach
+`goal` (bisection: the prediction rises with α and falls with c, the scoring
+cost and the set-up). None means no value reaches it (e.g. even a free draft,
+c = 0, is not enough at the measured α).
 
 `gap_markdown` applies this to each task's fastest T = 0 cell of a sweep: the
 quantity whose required change is smallest (relative to what was measured)
@@ -15,7 +18,7 @@ is the one that separates the task from the goal.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,10 +29,26 @@ ALPHA_MAX = 0.999
 SCORING_MAX = 20.0
 
 
-def best_prediction(alpha: float, c: float, scoring: Mapping[int, float]) -> tuple[float, int]:
-  """`(speed-up, γ)`: the theory's best over the γ of `scoring` (γ -> cost of γ+1 positions)."""
-  predicted = {g: float(theory.walltime_improvement_measured(alpha, g, c, s))
-               for g, s in scoring.items()}
+class RequestCosts(NamedTuple):
+  """A request's tokens N and its set-up costs E (target) and D (draft), in target steps."""
+  steps: float
+  setup: float
+  draft_setup: float
+
+  def scaled(self, factor: float) -> RequestCosts:
+    return self._replace(setup=factor * self.setup, draft_setup=factor * self.draft_setup)
+
+
+def best_prediction(alpha: float, c: float, scoring: Mapping[int, float],
+                    request: RequestCosts | None = None) -> tuple[float, int]:
+  """`(speed-up, γ)`: the theory's best over the γ of `scoring` (γ -> cost of γ+1 positions),
+  per request when `request` is given, else per decoder step."""
+  if request is None:
+    predicted = {g: float(theory.walltime_improvement_measured(alpha, g, c, s))
+                 for g, s in scoring.items()}
+  else:
+    predicted = {g: float(theory.walltime_improvement_per_request(alpha, g, c, s, *request))
+                 for g, s in scoring.items()}
   gamma = max(predicted, key=predicted.get)
   return predicted[gamma], gamma
 
@@ -48,43 +67,68 @@ def _bisect(reaches: Callable[[float], bool], low: float, high: float,
   return good
 
 
-def alpha_needed(goal: float, c: float, scoring: Mapping[int, float]) -> float | None:
+def alpha_needed(goal: float, c: float, scoring: Mapping[int, float],
+                 request: RequestCosts | None = None) -> float | None:
   """The least α whose best prediction reaches `goal`, at the measured c and scoring costs."""
-  return _bisect(lambda a: best_prediction(a, c, scoring)[0] >= goal, 0.0, ALPHA_MAX, True)
+  return _bisect(lambda a: best_prediction(a, c, scoring, request)[0] >= goal, 0.0, ALPHA_MAX,
+                 True)
 
 
-def c_needed(goal: float, alpha: float, scoring: Mapping[int, float]) -> float | None:
+def c_needed(goal: float, alpha: float, scoring: Mapping[int, float],
+             request: RequestCosts | None = None) -> float | None:
   """The largest c that still reaches `goal`, at the measured α and scoring costs."""
-  return _bisect(lambda c: best_prediction(alpha, c, scoring)[0] >= goal, 0.0, 1.0, False)
+  return _bisect(lambda c: best_prediction(alpha, c, scoring, request)[0] >= goal, 0.0, 1.0,
+                 False)
 
 
-def scoring_needed(goal: float, alpha: float, c: float, gammas: Sequence[int]) -> float | None:
+def scoring_needed(goal: float, alpha: float, c: float, gammas: Sequence[int],
+                   request: RequestCosts | None = None) -> float | None:
   """The largest scoring cost, the same for every γ, that reaches `goal` at the measured α, c."""
-  return _bisect(lambda s: best_prediction(alpha, c, {g: s for g in gammas})[0] >= goal,
+  return _bisect(lambda s: best_prediction(alpha, c, {g: s for g in gammas}, request)[0] >= goal,
                  1.0, SCORING_MAX, False)
 
 
+def setup_needed(goal: float, alpha: float, c: float, scoring: Mapping[int, float],
+                 request: RequestCosts | None) -> float | None:
+  """The largest share of the measured set-up (E and D scaled together) that reaches `goal`."""
+  if request is None:
+    return None
+  return _bisect(lambda f: best_prediction(alpha, c, scoring, request.scaled(f))[0] >= goal,
+                 0.0, 1.0, False)
+
+
 def group_estimates(cells: Sequence[Mapping[str, Any]]
-                    ) -> tuple[float, float, dict[int, float]]:
-  """`(α, c, scoring)` of one group of grid cells (one task, draft, temperature, batch).
+                    ) -> tuple[float, float, dict[int, float], RequestCosts | None]:
+  """`(α, c, scoring, request)` of one group of grid cells (one task, draft, temperature, batch).
 
   α is the mean β over the cells, c their median, `scoring` the measured cost
-  of γ+1 positions by γ: what the theory's γ* and the gaps are computed from.
+  of γ+1 positions by γ, `request` the median tokens per input and set-up
+  costs (None for records without them): what the theory's γ* and the gaps
+  are computed from.
   """
   alpha = float(np.mean([r['alpha_beta'] for r in cells]))
   c = float(np.median([r['c'] for r in cells]))
-  return alpha, c, {r['gamma']: r['scoring_cost'] for r in cells}
+  request = None
+  if all('setup_steps' in r for r in cells):
+    request = RequestCosts(
+        float(np.median(cells[0]['per_batch']['autoregressive_tokens'])) / cells[0]['batch'],
+        float(np.median([r['setup_steps'] for r in cells])),
+        float(np.median([r['draft_setup_steps'] for r in cells])))
+  return alpha, c, {r['gamma']: r['scoring_cost'] for r in cells}, request
 
 
 def task_gap(cells: Sequence[Mapping[str, Any]], goal: float) -> dict[str, Any]:
   """The gap to `goal` of one (task, draft, temperature) group of grid cells (`group_estimates`)."""
-  alpha, c, scoring = group_estimates(cells)
-  predicted, gamma = best_prediction(alpha, c, scoring)
+  alpha, c, scoring, request = group_estimates(cells)
+  predicted, gamma = best_prediction(alpha, c, scoring, request)
   return {'alpha': alpha, 'c': c, 'gamma': gamma, 'scoring_cost': scoring[gamma],
-          'predicted': predicted, 'measured': max(r['speedup'] for r in cells),
-          'alpha_needed': alpha_needed(goal, c, scoring),
-          'c_needed': c_needed(goal, alpha, scoring),
-          'scoring_needed': scoring_needed(goal, alpha, c, sorted(scoring))}
+          'request': request, 'predicted': predicted,
+          'measured': max(r['speedup'] for r in cells),
+          'alpha_needed': alpha_needed(goal, c, scoring, request),
+          'c_needed': c_needed(goal, alpha, scoring, request),
+          'scoring_needed': scoring_needed(goal, alpha, c, sorted(scoring), request),
+          'setup_needed': setup_needed(goal, alpha, c, scoring, request),
+          'perfect_draft': best_prediction(ALPHA_MAX, c, scoring, request)[0]}
 
 
 def _separating(gap: Mapping[str, Any]) -> str:
@@ -97,10 +141,23 @@ def _separating(gap: Mapping[str, Any]) -> str:
     changes['c'] = 1.0 - gap['c_needed'] / gap['c']
   if gap['scoring_needed'] is not None:
     changes['scoring cost'] = 1.0 - gap['scoring_needed'] / gap['scoring_cost']
+  if gap.get('setup_needed') is not None:
+    changes['set-up'] = 1.0 - gap['setup_needed']
   if not changes:
-    return 'no single quantity: all three must move'
+    return 'no single quantity: several must move'
   name = min(changes, key=changes.get)
   return f'{name} (the smallest change, {100 * max(changes[name], 0):.0f}%)'
+
+
+def _setup_columns(gap: Mapping[str, Any], never: str) -> list[str]:
+  """The set-up E + D, the set-up that reaches the goal, and the prediction of a perfect draft."""
+  request = gap['request']
+  if request is None:
+    return ['—'] * 3
+  total = request.setup + request.draft_setup
+  needed = gap['setup_needed']
+  return [f'{total:.1f}', f'{needed * total:.1f}' if needed is not None else never,
+          f"{fmt(gap['perfect_draft'], 2, 'x')} (N = {request.steps:.0f})"]
 
 
 def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
@@ -111,6 +168,7 @@ def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
   """
   head = ('Task', 'Draft', 'Measured speed', 'Theory', 'γ', 'α', f'α for {goal:g}x',
           'c', f'c for {goal:g}x', 'scoring cost γ+1', f'scoring cost for {goal:g}x',
+          'set-up E + D (steps)', f'set-up for {goal:g}x', 'α = 1 (steps: N)',
           'What separates it')
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for cells in groups.values():
@@ -124,9 +182,9 @@ def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
         fmt(gap['c'], 3), fmt(gap['c_needed'], 3) if gap['c_needed'] is not None else never,
         fmt(gap['scoring_cost']),
         fmt(gap['scoring_needed']) if gap['scoring_needed'] is not None else never,
-        _separating(gap)]) + ' |')
+        *_setup_columns(gap, never), _separating(gap)]) + ' |')
   return '\n'.join(lines)
 
 
-__all__ = ['best_prediction', 'alpha_needed', 'c_needed', 'scoring_needed', 'group_estimates',
-           'task_gap', 'gap_markdown']
+__all__ = ['RequestCosts', 'best_prediction', 'alpha_needed', 'c_needed', 'scoring_needed',
+           'setup_needed', 'group_estimates', 'task_gap', 'gap_markdown']

@@ -7,6 +7,13 @@ times one target step, one scoring call and one proposal on its first batch.
 `summarize_cell` turns the per-batch figures into the record the store keeps.
 An auto cell measures its cost profile first and carries α from batch to
 batch (`_carry_alpha_over`), as a caller decoding a stream of requests would.
+
+Each batch's inputs keep their padding only up to its longest row, rounded up
+to `INPUT_LENGTH_QUANTUM` (a few compiled programs per cell), as a server
+bucketing requests by length would: padded to the longest of all the cell's
+inputs, a 16-token input was encoded at 96 (EnDe) or 208 (summarisation)
+positions, and that encoder pass, the same in both decoders, cost up to 6
+target steps of a request that emits 8 to 30 tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from specdec_t5x import adaptive, calibration, decoding, theory
 from specdec_t5x import sampling as sampling_lib
 from specdec_t5x.bench import timing
 from specdec_t5x.drafters import registry
+from specdec_t5x.sweep import loading
 from specdec_t5x.sweep.cells import Cell
 from specdec_t5x.sweep.config import EOS_ID, max_gamma
 from specdec_t5x.sweep.loading import LoadedModel, SweepContext
@@ -38,15 +46,18 @@ AUTO_ROW_NAMES = ('gamma_iterations',)
 
 Run = Callable[[int], tuple[float, Any]]  # batch index -> (seconds, decoder output)
 
+# A batch's inputs are cut to its longest row rounded up to a multiple of this.
+INPUT_LENGTH_QUANTUM = 32
+
 
 def _decode_rng(seed: int, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), index)
 
 
 def _decoder_runs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
-                  batches: np.ndarray, profile: adaptive.CostProfile | None = None,
+                  batches: Sequence[np.ndarray], profile: adaptive.CostProfile | None = None,
                   auto_settings: Sequence[Mapping[str, Any]] = ()) -> tuple[Run, Run]:
-  """Timed calls of both decoders on batch `index` of `batches [num_batches, B, L]`.
+  """Timed calls of both decoders on batch `index` of `batches` (each `[B, L_i]`).
 
   An auto cell decodes batch `index` with `auto_settings[index]` (read at
   call time), or the defaults past its end.
@@ -191,7 +202,8 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   drafter = registry.for_gamma(context.drafter(cell.draft, cell.task),
                                cell.max_gamma if cell.is_auto else cell.gamma)
   inputs = context.inputs(cell.task, cell.num_inputs)
-  batches = inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])
+  batches = [loading.trim_padding(batch, INPUT_LENGTH_QUANTUM)
+             for batch in inputs.reshape(cell.num_batches, cell.batch, inputs.shape[1])]
   started = time.perf_counter()
   profile, calibration_s = (_cell_profile(cell, context, target, drafter, inputs.shape[1])
                             if cell.is_auto else (None, None))
@@ -206,6 +218,9 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
   for _ in range(config.timing.warmup_runs):
     autoregressive(0)
     speculative(0)
+  for index in _first_of_each_width(batches)[1:]:  # compiles the other input widths
+    autoregressive(index)
+    speculative(index)
   rows = _interleaved(cell, autoregressive, speculative, config.timing.min_samples)
   step_costs = ({} if cell.is_auto
                 else _step_costs(cell, context, target, drafter, batches[0], first))
@@ -220,6 +235,14 @@ def measure_cell(cell: Cell, context: SweepContext) -> dict[str, Any]:
     record.update(cost_profile=profile.to_json(), calibration_s=calibration_s,
                   alpha_priors=[settings.get('alpha_prior') for settings in auto_settings])
   return record
+
+
+def _first_of_each_width(batches: Sequence[np.ndarray]) -> list[int]:
+  """The index of the first batch of each input width, in order."""
+  first: dict[int, int] = {}
+  for index, batch in enumerate(batches):
+    first.setdefault(batch.shape[-1], index)
+  return list(first.values())
 
 
 def pooled_alpha(rows: Mapping[str, Sequence[Any]]) -> float:
@@ -281,6 +304,7 @@ def summarize_cell(cell: Cell, rows: Mapping[str, Sequence[Any]],
   theory_paper = float(theory.walltime_improvement(alpha_beta, cell.gamma, step_costs['c']))
   theory_measured = float(theory.walltime_improvement_measured(
       alpha_beta, cell.gamma, step_costs['c'], step_costs['scoring_cost']))
+  theory_request = request_theory(cell, rows, alpha_beta, step_costs)
   return {
       **record, 'alpha_acceptance': acceptance_alpha(rows, cell.gamma),
       'expected_tokens_per_iteration': float(theory.expected_tokens_per_iteration(
@@ -289,4 +313,21 @@ def summarize_cell(cell: Cell, rows: Mapping[str, Sequence[Any]],
       'theory_paper': theory_paper, 'theory_measured': theory_measured,
       'measured_over_theory_paper': speedup['median'] / theory_paper,
       'measured_over_theory_measured': speedup['median'] / theory_measured,
+      **({'theory_request': theory_request,
+          'measured_over_theory_request': speedup['median'] / theory_request}
+         if theory_request is not None else {}),
   }
+
+
+def request_theory(cell: Cell, rows: Mapping[str, Sequence[Any]], alpha: float,
+                   step_costs: Mapping[str, Any]) -> float | None:
+  """`theory.walltime_improvement_per_request` per batch (its tokens per row), median over batches.
+
+  The median matches the measured speed's. None for records without the set-up costs.
+  """
+  if 'setup_steps' not in step_costs:
+    return None
+  steps = np.maximum(np.asarray(rows['autoregressive_tokens']) / cell.batch, 1.0)
+  return float(np.median(theory.walltime_improvement_per_request(
+      alpha, cell.gamma, step_costs['c'], step_costs['scoring_cost'], steps,
+      step_costs['setup_steps'], step_costs['draft_setup_steps'])))

@@ -26,9 +26,10 @@ from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu
 from specdec_t5x.sweep.store import CellStore, current_peer_records, current_records
 
 TABLE2_HEAD = ('Task', 'Mq', 'Temp', 'γ', 'α (β)', 'α (accept.)', 'Speed',
-               'Theory (paper formula)', 'Theory (measured scoring)', 'Measured / theory', 'c',
-               'scoring cost γ+1', 'γ* theory', 'Paper row', 'Paper γ', 'Paper α', 'Paper speed',
-               'Paper speed / paper-formula theory')
+               'Theory (paper formula)', 'Theory (measured scoring)', 'Measured / theory',
+               'Theory per request', 'Measured / theory per request', 'set-up E + D (steps)',
+               'tokens (median)', 'c', 'scoring cost γ+1', 'γ* theory', 'Paper row', 'Paper γ',
+               'Paper α', 'Paper speed', 'Paper speed / paper-formula theory')
 
 
 def _draft_label(config: SweepConfig, record: Mapping[str, Any]) -> str:
@@ -56,15 +57,16 @@ def best_cells(config: SweepConfig, records: Sequence[Mapping[str, Any]],
                section: str = 'grid') -> list[dict[str, Any]]:
   """The fastest γ per (task, draft, temperature, batch), with the theory's optimal γ.
 
-  The theory's γ* maximises `walltime_improvement_measured` with the mean α
-  over the group's cells, their median c, and their scoring costs by γ
-  (`gap.group_estimates`).
+  The theory's γ* maximises `walltime_improvement_per_request` (or, for
+  records without set-up costs, `walltime_improvement_measured`) with the
+  mean α over the group's cells, their median c, scoring costs by γ and
+  set-up (`gap.group_estimates`).
   """
   best = []
   for group in _groups(records, section).values():
     top = max(group, key=lambda r: r['speedup'])
-    alpha, c, by_gamma = gap.group_estimates(group)
-    theory_speedup, theory_gamma = gap.best_prediction(alpha, c, by_gamma)
+    alpha, c, by_gamma, request = gap.group_estimates(group)
+    theory_speedup, theory_gamma = gap.best_prediction(alpha, c, by_gamma, request)
     best.append({**top, 'alpha_mean_over_gamma': alpha, 'c_median_over_gamma': c,
                  'theory_best_gamma': theory_gamma, 'theory_best_speedup': theory_speedup,
                  'gammas_measured': sorted(by_gamma)})
@@ -98,14 +100,24 @@ def _table2_row(config: SweepConfig, b: Mapping[str, Any]) -> list[str]:
       task.label, _draft_label(config, b), f"{b['temperature']:g}", str(b['gamma']),
       fmt(b['alpha_beta']), fmt(b['alpha_acceptance']), fmt(b['speedup'], 2, 'x'),
       fmt(b['theory_paper'], 2, 'x'), fmt(b['theory_measured'], 2, 'x'),
-      fmt(b['measured_over_theory_measured']), fmt(b['c'], 3), fmt(b['scoring_cost']),
-      f"{b['theory_best_gamma']}"]
+      fmt(b['measured_over_theory_measured']), *_request_columns(b),
+      fmt(b['c'], 3), fmt(b['scoring_cost']), f"{b['theory_best_gamma']}"]
   if row is None:
     return ours + ['—'] * 5
   formula = theory.walltime_improvement(row['alpha'], row['gamma'],
                                         paper.PAPER_C[draft.paper_name])
   return ours + [f"{task.paper_task} / {draft.paper_name}", str(row['gamma']),
                  fmt(row['alpha']), fmt(row['speed'], 1, 'x'), fmt(row['speed'] / formula)]
+
+
+def _request_columns(b: Mapping[str, Any]) -> list[str]:
+  """Theory per request, measured over it, its set-up costs and the median output length."""
+  if 'theory_request' not in b:
+    return ['—'] * 4
+  setup = f"{b['setup_steps']:.1f} + {b['draft_setup_steps']:.1f}"
+  tokens = np.median(np.asarray(b['per_batch']['autoregressive_tokens']) / b['batch'])
+  return [fmt(b['theory_request'], 2, 'x'), fmt(b['measured_over_theory_request']), setup,
+          f'{tokens:.0f}']
 
 
 def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
@@ -133,7 +145,15 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       '(chained in one jitted loop, interleaved rounds, medians). **Theory (paper formula)** is '
       '(1 − α^{γ+1}) / ((1 − α)(γc + 1)) with the measured α and c; **Theory (measured '
       'scoring)** replaces the 1 by the measured scoring cost; **Measured / theory** uses the '
-      'latter. **γ\\* theory** is the γ the measured-scoring theory would pick. The paper\'s '
+      'latter. Both count decoder steps only; **Theory per request** '
+      '(`theory.walltime_improvement_per_request`) adds what a request pays once: E, the '
+      'target\'s encoder pass and decode cache, in both decoders, and D, the draft\'s, in '
+      'speculative decoding only (**set-up E + D**, in target steps, timed in the cell on its '
+      'first batch), against the **tokens** the request decodes (median over inputs): '
+      '(E + N) / (E + D + N (γc + scoring cost) / E[tokens per iteration]), the median over '
+      'inputs, as the speed is. **Measured / theory per request** uses it. Each input is '
+      'padded to its length rounded up to 32 tokens (`sweep.measure.INPUT_LENGTH_QUANTUM`). '
+      '**γ\\* theory** is the γ the theory per request would pick. The paper\'s '
       'columns are its T5-XXL Table 2 (TPU-v4), with its speed over its own formula (its α, '
       'γ and measured c) in the last column.',
       f'Target: {config.models[config.target].name}'
@@ -194,9 +214,11 @@ def goal_gap_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
   label = lambda r: (f"{config.tasks[r['task']].label}, T={r['temperature']:g}",
                      _draft_label(config, r))
   return (f'## What would reach {goal:g}x\n\nFor each task and temperature, the fastest model '
-          'draft, and the theory\'s answer (`specdec_t5x.sweep.gap`): holding the other two '
-          f'measured quantities, the α, the draft cost c and the scoring cost (the same for '
-          f'every γ) that would make the best-over-γ prediction {goal:g}x. The separating '
+          'draft, and the theory\'s answer per request (`specdec_t5x.sweep.gap`): holding the '
+          f'other measured quantities, the α, the draft cost c, the scoring cost (the same for '
+          f'every γ) and the set-up E + D (both scaled) that would make the best-over-γ '
+          f'prediction {goal:g}x. **α = 1** is the prediction of a draft always accepted, '
+          'for the median request of N tokens: above it no α reaches the goal. The separating '
           'quantity is the one that must change least (α: as a share of the way to 1).\n\n'
           + gap.gap_markdown(label, ordered, goal))
 
