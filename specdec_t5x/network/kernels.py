@@ -25,9 +25,11 @@ call) and were measured on CPU only (results/scoring_cost.md).
   on cpu_target), measured as ~0.15 ms more per position (the small-product
   kernel reaches ~90 GFLOP/s) against a one-position call of ~1 ms.
 * Row products that read the weights once (`cpu_products`), for the dense
-  layers of decode calls in float32 and their attention over the cache (per
-  head, the queries times the cached keys, the weights times the cached
-  values): a C++ custom call that streams each matrix once for up to 8 rows,
+  layers of decode calls in float32 and their attention over the
+  self-attention cache (per head, the queries times the cached keys, the
+  weights times the cached values; the cache heads-major, as the
+  cross-attention's, so no call transposes it): a C++ custom call that
+  streams each matrix once for up to 8 rows,
   so the verification call of K = γ+1 positions costs about what one
   position does in those products (XLA's matrix kernel packs the weights
   first: +20-70% at K = 2..4). They replace the per-row products above,

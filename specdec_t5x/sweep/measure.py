@@ -159,7 +159,11 @@ def _cell_profile(cell: Cell, context: SweepContext, target: LoadedModel, drafte
   """An auto cell's cost profile, and the seconds it took.
 
   It is measured on a batch of the cell's shape from inputs no cell times
-  (`SweepContext.calibration_inputs`), as a user calibrates before serving.
+  (`SweepContext.calibration_inputs`), as a user calibrates before serving,
+  at the width of its widest inputs, and serves every input width of the
+  cell (its key, which names one width, is dropped): the iteration costs are
+  differences of runs that cancel the encoder pass, the only part that
+  grows with the input.
   """
   config = context.config
   batch = context.calibration_inputs(cell.task, cell.batch, length)
@@ -169,7 +173,7 @@ def _cell_profile(cell: Cell, context: SweepContext, target: LoadedModel, drafte
       max_decode_len=config.tasks[cell.task].max_decode_len,
       sampling=sampling_lib.make_sampling_config(cell.temperature, config.top_k, config.top_p),
       seed=config.seed, eos_id=EOS_ID)
-  return profile, time.perf_counter() - started
+  return dataclasses.replace(profile, key=None), time.perf_counter() - started
 
 
 def _step_costs(cell: Cell, context: SweepContext, target: LoadedModel, drafter: Any,
