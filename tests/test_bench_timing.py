@@ -71,7 +71,10 @@ def test_scoring_costs_and_step_costs_records(tiny):
                             gamma=2, sampling=sampling.make_sampling_config(), max_decode_len=5,
                             cache_length=9, rounds=2, sample_ms=1, prefix=2, seed=0)
   assert costs['scored_positions'] == 3 and costs['c'] > 0 and costs['scoring_cost'] > 0
-  assert set(costs['step_calls_per_sample']) == {'step', 'score', 'propose'}
+  assert set(costs['step_calls_per_sample']) == {'step', 'score', 'propose', 'setup',
+                                                 'draft_setup'}
+  # A request's set-up (the encoder pass and caches) costs more than one decoder step.
+  assert costs['setup_steps'] > 1.0 and costs['draft_setup_steps'] > 0
 
 
 def test_random_weights_ban_eos_and_count(tiny):
