@@ -25,7 +25,13 @@ if ! "$PY" -c 'import specdec_t5x, pytest, hypothesis, torch, transformers, seqi
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   "$PY" -m pip install -q -c constraints.txt -e '.[all]' 2>&1 | grep -v "is ignored" || true
 fi
-"$PY" -c 'import specdec_t5x' 2>/dev/null || "$PY" -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+# The scripts the tests run import the installed package: it must be this checkout (a venv shared
+# between checkouts points at whichever installed it last). -P: not the current directory's.
+if ! "$PY" -P -c 'import pathlib, sys, specdec_t5x
+sys.exit(pathlib.Path(specdec_t5x.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())' 2>/dev/null; then
+  echo "== installing this checkout's specdec_t5x into $VENV (editable)"
+  "$PY" -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+fi
 
 echo "== ruff"
 "$PY" -m ruff check .
