@@ -27,6 +27,7 @@ import sys
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 from specdec_t5x.training import family as family_lib  # noqa: E402
+from specdec_t5x.training import family_runs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
   print('\n'.join(family_lib.plan_lines(args.family, family, models, counts)))
   if args.dry_run:
     return 0
-  summary_path = family_lib.train_models(args.family, family, models, args.config,
+  summary_path = family_runs.train_models(args.family, family, models, args.config,
                                          progress=not args.no_progress,
                                          log=lambda line: print(line, flush=True))
   print(f'wrote {summary_path}')

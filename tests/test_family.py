@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from specdec_t5x import paths
-from specdec_t5x.training import evaluation, family_target
+from specdec_t5x.training import evaluation, family_runs, family_target
 from specdec_t5x.training import family as family_lib
 
 REPO = paths.repo_root()
@@ -102,7 +102,7 @@ def test_recorded_paths_are_machine_free_and_resolve_back(tmp_path, monkeypatch)
   checkpoint = family_lib.model_dir('fam', 'target') / 'checkpoint_3'
   assert checkpoint == tmp_path / 'models' / 'fam' / 'target' / 'checkpoint_3'
   family = family_lib.load_family('miniature')
-  summary = family_lib.training_summary('fam', family, family_lib.DEFAULT_CONFIG, [])
+  summary = family_runs.training_summary('fam', family, family_lib.DEFAULT_CONFIG, [])
   assert summary['config_file'] == 'configs/family.json'
   assert paths.resolve_portable_path('{cache}/models/fam/target/checkpoint_3') == checkpoint
   assert paths.resolve_portable_path('configs/family.json') == family_lib.DEFAULT_CONFIG
@@ -110,9 +110,9 @@ def test_recorded_paths_are_machine_free_and_resolve_back(tmp_path, monkeypatch)
   row = {'cached': True, 'checkpoint': '{cache}/models/fam/target/checkpoint_3',
          'load_average_1min_at_end': 0.5}
   earlier = {'checkpoint': str(checkpoint), 'load_average_1min_at_end': 1.75}
-  assert family_lib.keep_recorded_load(dict(row), earlier)['load_average_1min_at_end'] == 1.75
+  assert family_runs.keep_recorded_load(dict(row), earlier)['load_average_1min_at_end'] == 1.75
   moved = {**earlier, 'checkpoint': str(tmp_path / 'elsewhere')}
-  assert family_lib.keep_recorded_load(dict(row), moved)['load_average_1min_at_end'] == 0.5
+  assert family_runs.keep_recorded_load(dict(row), moved)['load_average_1min_at_end'] == 0.5
 
 
 def test_the_target_comes_from_the_family_or_from_a_checkpoint_and_preset(tmp_path,
@@ -244,9 +244,12 @@ def test_miniature_family_end_to_end(miniature_cache, tmp_path):
   training = json.loads((cache / 'models' / 'miniature' / 'training.json').read_text())
   assert [row['name'] for row in training['models']] == ['target', 'large', 'base', 'small',
                                                           'large_distilled']
-  # The distilled draft continues large's 200 steps for 40 more, towards the target.
+  # The distilled draft continues large's 200 steps for 40 more, towards the target: two
+  # passes over the target's outputs for the 20 batches after those 200.
   distilled = training['models'][-1]
   assert distilled['num_steps'] == 240 and distilled['distill']['from'] == 'large'
+  generated = sorted((cache / 'batches' / 'miniature-target-greedy').iterdir())
+  assert [path.name for path in generated] == ['200-20']
   assert training['config_file'] == 'configs/family.json'
   for row in training['models']:
     # Recorded machine-free, as `{cache}/...`.

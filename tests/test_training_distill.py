@@ -132,10 +132,17 @@ def test_the_family_checks_a_distilled_entry():
         'distill': {'from': 'large', 'divergence': 'tvd'}}
   family_lib.check_family('default', _family_with(ok))
   assert family_lib.batches_needed(ok, _family_with(ok)) == 2010
+  twice = {**ok, 'distill': {**ok['distill'], 'passes': 2}}
+  family_lib.check_family('default', _family_with(twice))
+  assert family_lib.distill_batches(twice) == 5  # 10 steps: 5 batches read twice
+  assert family_lib.batches_needed(twice, _family_with(twice)) == 2005
+  assert family_lib.distill_settings(twice) == distill.DistillSettings('tvd')
   bad = [({**ok, 'distill': {'from': 'target'}}, 'independent draft'),
          ({**ok, 'distill': {'from': 'nope'}}, 'independent draft'),
          ({**ok, 'preset': 'cpu_base'}, 'preset and overrides'),
-         ({**ok, 'distill': {'from': 'large', 'divergence': 'kl'}}, 'divergence')]
+         ({**ok, 'distill': {'from': 'large', 'divergence': 'kl'}}, 'divergence'),
+         ({**ok, 'distill': {'from': 'large', 'passes': 3}}, 'passes'),
+         ({**ok, 'distill': {'from': 'large', 'passes': 0}}, 'passes')]
   for entry, message in bad:
     with pytest.raises(ValueError, match=message):
       family_lib.check_family('default', _family_with(entry))
@@ -178,11 +185,12 @@ def test_target_greedy_drafts_share_the_batches_after_every_start():
       model['distill']['data'] = 'target_greedy'
   starts = {m['name']: m['num_steps'] for m in family['models'] if 'distill' not in m}
   first = max(starts[m['distill']['from']] for m in family['models'] if 'distill' in m)
-  steps = max(m['num_steps'] for m in family['models'] if 'distill' in m)
+  steps = max(family_lib.distill_batches(m) for m in family['models'] if 'distill' in m)
   assert family_lib.generated_range(family) == (first, steps)
   for model in family['models']:
     if 'distill' in model:
-      assert family_lib.batches_needed(model, family) == first + model['num_steps']
+      assert family_lib.batches_needed(model, family) == first + family_lib.distill_batches(
+          model)
   family['models'][-1]['distill']['data'] = 'sampled'
   with pytest.raises(ValueError, match='data must be one of'):
     family_lib.check_family('default', family)

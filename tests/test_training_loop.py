@@ -1,5 +1,6 @@
 """The one resumable training loop, on a toy trainee (a vector pulled toward each batch)."""
 
+import itertools
 import json
 import math
 
@@ -125,3 +126,14 @@ def test_skip_batches_resumes_a_plain_source():
   np.testing.assert_array_equal(resumed[0]['x'], toy_batch(2)['x'])
   with pytest.raises(ValueError, match='fewer than 7 batches'):
     make_batches(7)
+
+
+def test_repeat_batches_cycles_the_first_batches_and_resumes_mid_pass():
+  starts = []
+  make_batches = loop.repeat_batches(toy_batches(starts), 3)
+  read = [float(batch['x'][0]) for batch in itertools.islice(make_batches(4), 6)]
+  assert read == [1, 2, 0, 1, 2, 0]  # batch i is batch i % 3: resumed at 4, mid-way
+  assert starts == [1, 0, 0]
+  short = loop.repeat_batches(toy_batches([], stop_after=2), 3)
+  with pytest.raises(ValueError, match='fewer than the 3 batches'):
+    list(itertools.islice(short(0), 4))

@@ -58,7 +58,7 @@ class DistillSettings:
   """What the distillation minimises, `divergence` (`DIVERGENCES`) at `temperature`, and on what.
 
   `data` (`DATA_SOURCES`) names the decoder side of the batches; the caller
-  supplies batches of that kind (`family.distill_draft` does).
+  supplies batches of that kind (`family_runs.distill_draft` does).
   """
 
   divergence: str = 'fkl'

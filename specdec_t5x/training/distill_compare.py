@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from specdec_t5x import checkpoints
-from specdec_t5x.training import distill, family, generated, loop, models
+from specdec_t5x.training import distill, family, family_runs, generated, loop, models
 
 CE_ARM = 'ce'
 TASKS = ('ddtp_ende', 'ddtp_summarize')
@@ -75,7 +75,7 @@ def run_arm(family_name: str, fam: Mapping[str, Any], draft: Mapping[str, Any],
     # The copied run's clock includes the draft's own training.
     own = models.cached_summary(family.model_dir(family_name, draft['name']), draft['num_steps'])
     return summary.checkpoint_dir, (summary.train_seconds - own.train_seconds) / num_steps
-  summary = family.distill_draft(family_name, fam, draft, teacher, arm_settings(arm),
+  summary = family_runs.distill_draft(family_name, fam, draft, teacher, arm_settings(arm),
                                  num_steps, workdir, progress=progress,
                                  desc=f'{draft["name"]}+{arm}')
   return summary.checkpoint_dir, summary.train_seconds / num_steps
@@ -99,7 +99,7 @@ def compare(family_name: str, fam: Mapping[str, Any], draft_name: str, arms: Seq
     raise ValueError(f'the family has {available} training batches and {draft_name!r} read '
                      f'the first {draft["num_steps"]}: at most {available - draft["num_steps"]} '
                      f'further steps, got {num_steps}')
-  teacher = family.load_teacher(family_name, fam, f'comparing distillations of {draft_name!r}')
+  teacher = family_runs.load_teacher(family_name, fam, f'comparing distillations of {draft_name!r}')
   batches = {task: validation_batches(task, num_examples, batch_size) for task in TASKS}
   batches.update({task + OWN: generated.generated_batches(teacher, batches[task])
                   for task in TASKS})

@@ -1,6 +1,6 @@
 """Evaluating a trained family: greedy BLEU/chrF on EnDe, ROUGE on summarisation, validation loss.
 
-Every model (`family.train_models`) and a copy-the-input baseline (the input without its
+Every model (`family_runs.train_models`) and a copy-the-input baseline (the input without its
 task prefix) decode greedily (`decoding.autoregressive_decode`, batched) the first
 `num_examples` test examples of each task; BLEU and chrF (sacrebleu, 13a) score EnDe,
 ROUGE-1/2/L F1 (rouge-score, Porter stemming) the summaries; the validation loss is the

@@ -8,14 +8,16 @@ largest draft. Each model trains with `training.train` into
 
   $SPECDEC_CACHE_DIR/models/<family>/<model>/checkpoint_<steps>/
 
-and `train_models` records sizes and times in `<family>/training.json`. Paths in
+and `family_runs.train_models` records sizes and times in `<family>/training.json`. Paths in
 that file are machine-free (`{cache}/models/...`, repository files relative to
 the checkout; `resolve_recorded_path` reads them back).
 
-A draft with `distill: {"from": <draft>, "divergence", "temperature", "data"}` continues
-that independent draft towards the target for `num_steps` more steps (`training.distill`)
-on batches it has not seen: their references, or (data "target_greedy") the target's
-own greedy outputs (`training.generated`). `training.family_target` loads the target.
+A draft with `distill: {"from": <draft>, "divergence", "temperature", "data", "passes"}`
+continues that independent draft towards the target for `num_steps` more steps
+(`training.distill`) on batches it has not seen: their references, or (data "target_greedy")
+the target's own greedy outputs (`training.generated`), read `passes` times (default 1:
+`num_steps` distinct batches; the target's outputs cost a decode per batch, a pass over them
+one draft step). `training.family_target` loads the target.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 
-from specdec_t5x import checkpoints, network, paths
-from specdec_t5x.training import distill, generated, loop, models
+from specdec_t5x import network, paths
+from specdec_t5x.training import distill, loop, models
 
 DEFAULT_CONFIG = paths.repo_root() / 'configs' / 'family.json'
 TRAINING_SUMMARY = 'training.json'
@@ -83,6 +83,7 @@ def _check_model(name: str, model: Mapping[str, Any]) -> None:
     raise ValueError(f'family {name!r}: model {model["name"]!r} needs num_steps >= 1')
   if 'distill' in model:
     distill_settings(model)
+    distill_batches(model)
 
 
 def check_family(name: str, family: Mapping[str, Any]) -> None:
@@ -128,7 +129,17 @@ def distilled_from(name: str, family: Mapping[str, Any], model: Mapping[str, Any
 
 def distill_settings(model: Mapping[str, Any]) -> distill.DistillSettings:
   """The divergence, temperature and data of a distilled entry (its `distill` less `from`)."""
-  return distill.DistillSettings(**{k: v for k, v in model['distill'].items() if k != 'from'})
+  return distill.DistillSettings(**{k: v for k, v in model['distill'].items()
+                                     if k not in ('from', 'passes')})
+
+
+def distill_batches(model: Mapping[str, Any]) -> int:
+  """The distinct batches a distilled entry reads: its `num_steps` over its `passes` over them."""
+  passes = model['distill'].get('passes', 1)
+  if not (isinstance(passes, int) and passes >= 1 and model['num_steps'] % passes == 0):
+    raise ValueError(f'model {model["name"]!r}: distill "passes" must be a positive integer '
+                     f'dividing num_steps ({model["num_steps"]}), got {passes!r}')
+  return model['num_steps'] // passes
 
 
 def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
@@ -136,19 +147,20 @@ def batches_needed(model: Mapping[str, Any], family: Mapping[str, Any]) -> int:
   if 'distill' not in model:
     return model['num_steps']
   if distill_settings(model).data == 'target_greedy':
-    return generated_range(family)[0] + model['num_steps']
-  return family_start_steps(family, model) + model['num_steps']
+    return generated_range(family)[0] + distill_batches(model)
+  return family_start_steps(family, model) + distill_batches(model)
 
 
 def generated_range(family: Mapping[str, Any]) -> tuple[int, int]:
   """`(first, count)`: the batches decoded for all 'target_greedy' drafts, `(0, 0)` if none.
 
-  They follow the longest-trained start (no draft has seen them); count is the longest run's.
+  They follow the longest-trained start (no draft has seen them); count is the most any
+  draft reads (`distill_batches`).
   """
   greedy = [m for m in family['models']
             if 'distill' in m and distill_settings(m).data == 'target_greedy']
   return ((max(family_start_steps(family, m) for m in greedy),
-           max(m['num_steps'] for m in greedy)) if greedy else (0, 0))
+           max(distill_batches(m) for m in greedy)) if greedy else (0, 0))
 
 
 def family_start_steps(family: Mapping[str, Any], model: Mapping[str, Any]) -> int:
@@ -213,8 +225,9 @@ def plan_lines(family_name: str, family: Mapping[str, Any], selected: Sequence[M
   lines = [f'family {family_name!r}: {family["mixture"]}, batch {family["batch_size"]} '
            f'{"packed " if family["pack"] else ""}rows of {family["feature_lengths"]}']
   for model in selected:
-    how = (f' distilled from {model["distill"]["from"]} ({model["distill"]["divergence"]})'
-           if 'distill' in model else '')
+    how = (f' distilled from {model["distill"]["from"]} ({model["distill"]["divergence"]}, '
+           f'{model["num_steps"] // distill_batches(model)} pass(es) over '
+           f'{distill_batches(model)} batches)' if 'distill' in model else '')
     lines.append(f'  {model["name"]:<15} {describe(model_config(model)):<28} '
                  f'{counts[model["name"]] / 1e6:6.1f}M params (target/this '
                  f'{target_params / counts[model["name"]]:5.1f}x), {model["num_steps"]} steps'
@@ -261,142 +274,8 @@ def make_batch_factory(family_name: str, family: Mapping[str, Any], *,
       pack=family['pack'])
 
 
-def train_model(family_name: str, family: Mapping[str, Any], model: Mapping[str, Any], *,
-                progress: bool = True) -> dict[str, Any]:
-  """Trains (or finds trained) one model; returns its row of training.json."""
-  config = model_config(model)
-  started = time.perf_counter()
-  workdir = model_dir(family_name, model['name'])
-  desc = f'{family_name}/{model["name"]} ({describe(config)})'
-  if 'distill' in model:
-    summary = distill_draft(
-        family_name, family, distilled_from(family_name, family, model),
-        load_teacher(family_name, family, f'distilling {model["name"]!r}'),
-        distill_settings(model), model['num_steps'], workdir, progress=progress, desc=desc)
-  else:
-    summary = models.train(config, make_batch_factory(family_name, family, progress=progress),
-                           model['num_steps'], workdir, hparams=train_hparams(family),
-                           save_every=family['save_every'], progress=progress, desc=desc)
-  return {
-      'name': model['name'], 'role': model['role'], 'preset': model['preset'],
-      'architecture': describe(config), 'config': config_dict(config),
-      'num_params': summary.num_params, 'num_steps': summary.num_steps,
-      'batch_size': family['batch_size'], 'feature_lengths': dict(family['feature_lengths']),
-      'pack': family['pack'], 'train_seconds': summary.train_seconds,
-      'seconds_per_step': summary.train_seconds / model['num_steps'],
-      'final_train_loss': summary.final_loss,
-      'checkpoint': paths.portable_path(summary.checkpoint_dir),
-      'cached': summary.cached, 'wall_seconds_this_run': time.perf_counter() - started,
-      'load_average_1min_at_end': os.getloadavg()[0],
-      # A distilled draft's steps continue its start's; its final loss is the divergence.
-      **({'distill': dict(model['distill'])} if 'distill' in model else {}),
-  }
-
-
-def load_teacher(family_name: str, family: Mapping[str, Any], purpose: str) -> distill.Teacher:
-  """The family's trained target, frozen, as the teacher of a distillation.
-
-  Raises:
-    ValueError: the target's final checkpoint is not there (`purpose` says what needed it).
-  """
-  target = target_model(family)
-  checkpoint = checkpoints.step_dir(model_dir(family_name, target['name']), target['num_steps'])
-  if not checkpoint.is_dir():
-    raise ValueError(f'{purpose} needs the trained target ({checkpoint}); train it first')
-  config = model_config(target)
-  return distill.Teacher(config, checkpoints.load_t5x_params(checkpoint, config), checkpoint)
-
-
-def generated_dir(family_name: str, first: int, count: int) -> pathlib.Path:
-  """Where the target's greedy outputs for training batches `first .. first + count - 1` live."""
-  return paths.cache_dir('batches', f'{family_name}-target-greedy', f'{first}-{count}')
-
-
-def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[str, Any],
-                  teacher: distill.Teacher, settings: distill.DistillSettings, num_steps: int,
-                  workdir: pathlib.Path, *, progress: bool = True,
-                  desc: str | None = None) -> models.TrainSummary:
-  """Continues the trained draft `start` for `num_steps` steps towards `teacher` in `workdir`.
-
-  The steps read the family's training batches after the `start['num_steps']`
-  that the draft was trained on, with the family's optimizer settings; for
-  `settings.data == 'target_greedy'`, those of `generated_range` (or the first
-  `num_steps` after the draft's own if those are fewer) with the
-  teacher's greedy outputs as targets, decoded once into the cache.
-  """
-  first = start['num_steps']
-  make_batches = make_batch_factory(family_name, family, progress=progress)
-  if settings.data == 'target_greedy':
-    data_first, count = generated_range(family)
-    if count < num_steps:  # a draft outside the family's entries (distill_compare's arms)
-      data_first, count = first, num_steps
-    data = generated.cached_generated_batches(
-        generated_dir(family_name, data_first, count), teacher, make_batches, data_first, count,
-        progress=progress)
-  else:
-    data = lambda i: make_batches(first + i)
-  return distill.distill(
-      model_config(start), teacher, distill.Start(model_dir(family_name, start['name']), first),
-      data, num_steps, workdir, hparams=train_hparams(family),
-      settings=settings, save_every=family['save_every'], progress=progress, desc=desc)
-
-
-def keep_recorded_load(row: dict[str, Any], earlier: Mapping[str, Any] | None) -> dict[str, Any]:
-  """For a model this run found cached, the load average recorded when it was trained."""
-  resolve = paths.resolve_portable_path
-  if (row['cached'] and earlier and 'checkpoint' in earlier
-      and resolve(earlier['checkpoint']) == resolve(row['checkpoint'])):
-    row['load_average_1min_at_end'] = earlier.get('load_average_1min_at_end')
-  return row
-
-
-def training_summary(family_name: str, family: Mapping[str, Any], config_path: pathlib.Path,
-                     rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """The contents of training.json: the family, this machine, and one row per model."""
-  first, count = generated_range(family)
-  return {
-      'family': family_name, 'config_file': paths.portable_path(config_path),
-      'mixture': family['mixture'], 'hparams': dataclasses.asdict(train_hparams(family)),
-      'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
-                  'jax': jax.__version__},
-      'total_train_seconds': sum(row['train_seconds'] for row in rows),
-      # Decoding the 'target_greedy' batches: part of the budget (none: no directory made).
-      'target_greedy_seconds': (generated.generation_seconds(
-          generated_dir(family_name, first, count)) if count else 0.0),
-      'models': list(rows)}
-
-
-def train_models(family_name: str, family: Mapping[str, Any], selected: Sequence[Mapping[str, Any]],
-                 config_path: pathlib.Path, *, progress: bool = True,
-                 log: Callable[[str], None] = print) -> pathlib.Path:
-  """Trains `selected` models of the family in order, updating training.json after each.
-
-  Rows of models not trained in this run are kept from the previous training.json.
-  Returns the path of training.json.
-  """
-  # Compiled train steps are reused by a resumed run.
-  jax.config.update('jax_compilation_cache_dir', str(paths.cache_dir('jax_compilation_cache')))
-  summary_path = models_dir(family_name) / TRAINING_SUMMARY
-  previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-  rows = {row['name']: row for row in previous.get('models', [])}
-  for model in selected:
-    row = train_model(family_name, family, model, progress=progress)
-    state = 'cached' if row['cached'] else f'trained in {row["wall_seconds_this_run"]:.0f} s'
-    log(f'[{model["name"]}] {state}: {row["num_steps"]} steps, '
-        f'{row["train_seconds"] / 60:.1f} min of training, final loss '
-        f'{row["final_train_loss"]}, {row["checkpoint"]}')
-    rows[model['name']] = keep_recorded_load(row, rows.get(model['name']))
-    ordered = [rows[m['name']] for m in family['models'] if m['name'] in rows]
-    loop.write_json_atomically(summary_path,
-                               training_summary(family_name, family, config_path, ordered),
-                               sort_keys=False)
-  return summary_path
-
-
 __all__ = ['DEFAULT_CONFIG', 'TRAINING_SUMMARY', 'TARGET_ROLE', 'DRAFT_ROLE', 'family_entry',
            'load_family', 'check_family', 'model_config', 'train_hparams', 'count_params',
            'target_model', 'check_param_ratio', 'describe', 'config_dict', 'plan_lines',
-           'models_dir', 'model_dir', 'batches_dir', 'make_batch_factory', 'train_model',
-           'keep_recorded_load', 'training_summary', 'train_models', 'distilled_from',
-           'distill_settings', 'batches_needed', 'load_teacher', 'distill_draft',
-           'generated_range', 'generated_dir']
+           'models_dir', 'model_dir', 'batches_dir', 'make_batch_factory', 'distilled_from',
+           'distill_settings', 'distill_batches', 'batches_needed', 'generated_range']

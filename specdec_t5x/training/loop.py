@@ -19,6 +19,7 @@ feeds it the batches `batches_consumed, batches_consumed + 1, ...`, saves every
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -233,6 +234,26 @@ def run_resumable(trainee: Trainee, make_batches: BatchFactory, num_steps: int,
   return LoopResult(state=state, book=book, start_step=start_step)
 
 
+def repeat_batches(make_batches: BatchFactory, num_batches: int) -> BatchFactory:
+  """`make_batches`' first `num_batches` batches, again and again: batch i is batch i % num_batches.
+
+  A resumed run continues mid-pass. Raises (when read) if the source has fewer batches.
+  """
+
+  def repeated(start: int) -> Iterator[Batch]:
+    offset = start % num_batches
+    while True:
+      count = 0
+      for batch in itertools.islice(make_batches(offset), num_batches - offset):
+        count += 1
+        yield batch
+      if count < num_batches - offset:
+        raise ValueError(f'the batch source has fewer than the {num_batches} batches to repeat')
+      offset = 0
+
+  return repeated
+
+
 def skip_batches(make_iterable: Callable[[], Iterable[Batch]]) -> BatchFactory:
   """Turns a zero-argument batch source into a `BatchFactory` by skipping consumed batches.
 
@@ -252,4 +273,4 @@ def skip_batches(make_iterable: Callable[[], Iterable[Batch]]) -> BatchFactory:
 
 __all__ = ['Batch', 'BatchFactory', 'Book', 'Trainee', 'LoopResult', 'TRAIN_STATE_DIR',
            'RUN_CONFIG_FILE', 'check_loop_arguments', 'prepare_workdir', 'run_resumable',
-           'write_json_atomically', 'skip_batches', 'restore_state']
+           'write_json_atomically', 'repeat_batches', 'skip_batches', 'restore_state']
