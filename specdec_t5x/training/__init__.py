@@ -4,8 +4,9 @@ Modules: `models` (T5X's loss, schedule, step and `train`), `loop` (the
 resumable training loop), `ngram_counts` (n-gram counts of a task's targets),
 `lookahead` (PaSS look-ahead embeddings, on the same loop), `family` (the model
 families of `configs/family.json`), `family_runs` (training them, distillations included)
-and `evaluation` (BLEU/chrF, ROUGE and the family's quality checks). The package re-exports the model-training names, so
-`training.train(...)` works as before; import the other modules by name.
+and `evaluation` (BLEU/chrF, ROUGE and the family's quality checks). The package re-exports
+the model-training names, so `training.train(...)` works as before; import the other modules
+by name.
 """
 
 from specdec_t5x.training.loop import (
