@@ -55,3 +55,12 @@ def test_a_request_s_set_up_caps_the_speed_and_is_solved_back():
                           'per_batch': {'autoregressive_tokens': [10, 10, 10]}}], 3.0)
   assert result['request'] == request and result['perfect_draft'] < 14.0 / 5.0
   assert result['alpha_needed'] is None and result['c_needed'] is None
+
+
+def test_a_cell_whose_theory_already_reaches_the_goal_names_measured_over_theory():
+  cells = [{'alpha_beta': 0.6, 'c': 0.05, 'gamma': g, 'scoring_cost': 1.0 + 0.1 * g,
+            'speedup': 1.1, 'task': 'ende'} for g in (1, 2, 3, 4)]
+  predicted = gap.task_gap(cells, 1.3)['predicted']
+  assert predicted > 1.3
+  row = gap.gap_markdown(lambda r: ('EnDe', 'large'), {('ende',): cells}, 1.3).splitlines()[-1]
+  assert row.endswith(f'the theory reaches 1.3x; measured / theory is {1.1 / predicted:.2f} |')
