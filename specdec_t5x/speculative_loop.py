@@ -126,25 +126,27 @@ def _draft_and_verify(state: SpeculativeState, request: Request, target_module: 
   if gamma == 0:
     draft_tokens, drafter_state = last[:, None][:, :0], state.drafter_state
   else:  # 1. The drafter proposes γ tokens and the distributions q they came from.
-    draft_tokens, q, drafter_state = drafter.propose(
-        state.drafter_state, state.sequences, state.lengths, gamma, sampling,
-        target_module.config.vocab_size, draft_rng)
-  # 2. The target scores all γ+1 positions in one call.
-  logits, target_cache, drafter_state = score(
-      target_module, target_params, state.target_cache, request,
-      jnp.concatenate([last[:, None], draft_tokens], axis=1), drafter, drafter_state)
-  # 3.-4. Accept a prefix of the draft, then one token from the target.
-  if gamma == 0:
-    next_token = sampling_lib.sample(verify_rng, logits[:, 0], sampling)
-    num_accepted, beta = jnp.zeros_like(state.lengths), jnp.zeros(draft_tokens.shape, jnp.float32)
-  elif sampling.greedy:  # one-hot p and q: token ids say it all, no [B, γ+1, V] arrays
-    num_accepted, next_token, beta = acceptance.verify_greedy(
-        sampling_lib.first_argmax(logits), draft_tokens)
-  else:
-    p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
-    num_accepted, next_token = acceptance.verify_draft(verify_rng, p, q, draft_tokens,
-                                                       greedy=False)
-    beta = acceptance.position_betas(p, q)
+    with jax.named_scope('draft'):  # The scopes name the parts in profiles (bench.loop_trace).
+      draft_tokens, q, drafter_state = drafter.propose(
+          state.drafter_state, state.sequences, state.lengths, gamma, sampling,
+          target_module.config.vocab_size, draft_rng)
+  with jax.named_scope('score'):  # 2. The target scores all γ+1 positions in one call.
+    logits, target_cache, drafter_state = score(
+        target_module, target_params, state.target_cache, request,
+        jnp.concatenate([last[:, None], draft_tokens], axis=1), drafter, drafter_state)
+  with jax.named_scope('accept'):  # 3.-4. Accept a prefix of the draft, then one target token.
+    if gamma == 0:
+      next_token = sampling_lib.sample(verify_rng, logits[:, 0], sampling)
+      num_accepted = jnp.zeros_like(state.lengths)
+      beta = jnp.zeros(draft_tokens.shape, jnp.float32)
+    elif sampling.greedy:  # one-hot p and q: token ids say it all, no [B, γ+1, V] arrays
+      num_accepted, next_token, beta = acceptance.verify_greedy(
+          sampling_lib.first_argmax(logits), draft_tokens)
+    else:
+      p = sampling_lib.probabilities(logits, sampling)  # [B, γ+1, V]
+      num_accepted, next_token = acceptance.verify_draft(verify_rng, p, q, draft_tokens,
+                                                         greedy=False)
+      beta = acceptance.position_betas(p, q)
   return draft_tokens, num_accepted, next_token, beta, target_cache, drafter_state
 
 
@@ -156,27 +158,28 @@ def iteration(state: SpeculativeState, request: Request, target_module: nn.Modul
   draft_tokens, num_accepted, next_token, beta, target_cache, drafter_state = _draft_and_verify(
       state, request, target_module, target_params, drafter, draft_rng, verify_rng,
       gamma=gamma, sampling=sampling)
-  # 5. Emit the accepted tokens and the target's, cut after EOS and at T.
-  block, num_new, ended = acceptance.emitted_block(
-      draft_tokens, num_accepted, next_token, state.lengths, state.done,
-      max_decode_len=max_decode_len, eos_id=request.eos_id)
-  sequences = append_at(state.sequences, block, state.lengths + 1)
-  lengths = state.lengths + num_new
-  beta_sum, beta_count = acceptance.verified_betas(beta, num_accepted, num_new)
-  active = (~state.done).astype(jnp.int32)
-  return state.replace(
-      sequences=sequences, lengths=lengths,
-      done=state.done | ended | (lengths >= max_decode_len),
-      # Rewind both models to what was kept: rejected positions are overwritten later.
-      target_cache=cache_lib.rewind(target_cache, lengths),
-      drafter_state=drafter.accept(drafter_state, sequences, lengths),
-      rng=rng,
-      iterations=state.iterations + active,
-      draft_iterations=state.draft_iterations + (active if gamma else 0),
-      accepted=state.accepted + jnp.minimum(num_accepted, num_new),
-      beta_sum=state.beta_sum + beta_sum,
-      beta_count=state.beta_count + beta_count,
-      gamma_iterations=state.gamma_iterations.at[:, gamma].add(active))
+  # 5. Emit the accepted tokens and the target's, cut after EOS and at T; rewind both models.
+  with jax.named_scope('emit'):
+    block, num_new, ended = acceptance.emitted_block(
+        draft_tokens, num_accepted, next_token, state.lengths, state.done,
+        max_decode_len=max_decode_len, eos_id=request.eos_id)
+    sequences = append_at(state.sequences, block, state.lengths + 1)
+    lengths = state.lengths + num_new
+    beta_sum, beta_count = acceptance.verified_betas(beta, num_accepted, num_new)
+    active = (~state.done).astype(jnp.int32)
+    return state.replace(
+        sequences=sequences, lengths=lengths,
+        done=state.done | ended | (lengths >= max_decode_len),
+        # Rewind both models to what was kept: rejected positions are overwritten later.
+        target_cache=cache_lib.rewind(target_cache, lengths),
+        drafter_state=drafter.accept(drafter_state, sequences, lengths),
+        rng=rng,
+        iterations=state.iterations + active,
+        draft_iterations=state.draft_iterations + (active if gamma else 0),
+        accepted=state.accepted + jnp.minimum(num_accepted, num_new),
+        beta_sum=state.beta_sum + beta_sum,
+        beta_count=state.beta_count + beta_count,
+        gamma_iterations=state.gamma_iterations.at[:, gamma].add(active))
 
 
 def decode_cache_length(drafter: drafters_lib.Drafter, max_gamma: int,
