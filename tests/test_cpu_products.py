@@ -55,6 +55,17 @@ def test_each_row_has_the_bits_of_a_one_row_call(k, n):
   np.testing.assert_allclose(together, xla, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('rows,k,n', [(1, 48, 8192), (2, 7, 37), (17, 130, 1000)])
+@pytest.mark.parametrize('split_bytes', [0, 1 << 40])
+def test_bfloat16_weights_are_the_float32_product_of_the_same_numbers(rows, k, n, split_bytes):
+  x, w = _operands(rows, k, n, seed=rows + n)
+  w16 = w.astype(jnp.bfloat16)
+  # Widening bfloat16 to float32 is exact: the same products, summed in the same order.
+  np.testing.assert_array_equal(_product(x, w16, split_bytes=split_bytes),
+                                _product(x, w16.astype(jnp.float32), split_bytes=split_bytes))
+  assert not np.array_equal(_product(x, w16), _product(x, w))  # the rounding is real
+
+
 def test_head_product_is_one_product_per_batch_row_and_head():
   rng = np.random.default_rng(4)
   query = jnp.asarray(rng.normal(size=(2, 3, 5, 16)), jnp.float32)  # [b, h, q, d]
@@ -83,8 +94,10 @@ def test_bad_operands_are_clear_errors():
     cpu_products.product(x, w.T)
   with pytest.raises(ValueError, match=r'got \(1, 2, 8\) and \(2, 8, 16\)'):
     cpu_products.product(x[None], jnp.stack([w, w]))
-  with pytest.raises(ValueError, match='float32 only, got bfloat16'):
+  with pytest.raises(ValueError, match='float32 x and float32 or bfloat16 w, got bfloat16 and'):
     cpu_products.product(x.astype(jnp.bfloat16), w)
+  with pytest.raises(ValueError, match='got float32 and float16'):
+    cpu_products.product(x, w.astype(jnp.float16))
 
 
 def test_a_missing_compiler_is_a_clear_error():

@@ -79,6 +79,23 @@ def test_model_kind_through_a_given_loader():
     build(drafters.DrafterSpec('model'), load_model=load_model)
 
 
+def test_model_kind_stores_its_logits_layer_in_the_given_dtype():
+  module, _, drafts = greedy_models()
+  load_model = lambda path, config: (module, drafts['perturbed'])
+  spec = lambda **options: drafters.DrafterSpec('model', path='anywhere', config=module.config,
+                                                options=options)
+  drafter = build(spec(logits_dtype='bfloat16'), load_model=load_model)
+  kernels = {path: leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(
+      drafter.params)}
+  low = [jax.tree_util.keystr(path) for path, dtype in kernels.items() if dtype != np.float32]
+  assert low == ["['decoder']['logits_dense']['kernel']"]
+  assert drafts['perturbed']['decoder']['logits_dense']['kernel'].dtype == np.float32
+  with pytest.raises(ValueError, match='logits_dtype must be one of'):
+    build(spec(logits_dtype='float16'), load_model=load_model)
+  with pytest.raises(ValueError, match=r"unknown options \['smoothing'\]"):
+    build(spec(smoothing=1.0), load_model=load_model)
+
+
 @pytest.mark.parametrize('kind,cls', [('unigram', ngram.UnigramDrafter),
                                       ('bigram', ngram.BigramDrafter)])
 def test_ngram_kinds(tmp_path, kind, cls):

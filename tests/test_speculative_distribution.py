@@ -102,8 +102,9 @@ AUTO = dict(gamma='auto', max_gamma=2, cost_profile=adaptive.CostProfile((1.0, 1
             auto_settings=dict(alpha_prior=0.9, probe_every=1, switch_margin=0.0))
 
 
-def speculative_samples(settings, seed=0, auto=False):
+def speculative_samples(settings, seed=0, auto=False, logits_dtype='float32'):
   module, target, draft = models()
+  draft = drafters.with_logits_dtype(draft, logits_dtype)
   prompts = np.repeat(PROMPT, NUM_SAMPLES, 0)
   gamma = AUTO if auto else dict(gamma=GAMMA)
   out = decoding.speculative_decode(module, target, drafters.ModelDrafter(module, draft), prompts,
@@ -119,6 +120,13 @@ def test_speculative_sampling_matches_target_law(settings):
   # The draft is unrelated, so rejections (and the residual rule) are exercised.
   assert 0.05 < float(np.mean(out.beta_mean)) < 0.95
   assert chi_square_pvalue(samples, exact_law(settings)) > SIGNIFICANCE
+
+
+def test_bfloat16_logits_draft_sampling_matches_target_law():
+  """A draft whose logits layer is stored in bfloat16 (`drafters.with_logits_dtype`)."""
+  samples, out = speculative_samples(SETTINGS[0], seed=1, logits_dtype='bfloat16')
+  assert 0.05 < float(np.mean(out.beta_mean)) < 0.95
+  assert chi_square_pvalue(samples, exact_law(SETTINGS[0])) > SIGNIFICANCE
 
 
 @pytest.mark.parametrize('settings', [SETTINGS[0], SETTINGS[3]], ids=['temperature1', 'top_p'])
@@ -153,15 +161,16 @@ def wrong_verify_draft(rng, target_probs, draft_probs, draft_tokens, greedy):
 decoding_verify = acceptance.verify_draft
 
 
-@pytest.mark.parametrize('settings,auto', [(SETTINGS[0], False), (SETTINGS[1], False),
-                                           (SETTINGS[0], True)],
-                         ids=['temperature1', 'temperature0.7', 'auto-temperature1'])
-def test_wrong_sampler_is_rejected(settings, auto, monkeypatch):
+@pytest.mark.parametrize('settings,auto,logits_dtype,seed', [
+    (SETTINGS[0], False, 'float32', 0), (SETTINGS[1], False, 'float32', 0),
+    (SETTINGS[0], True, 'float32', 2), (SETTINGS[0], False, 'bfloat16', 1)],
+    ids=['temperature1', 'temperature0.7', 'auto-temperature1', 'bf16-logits-temperature1'])
+def test_wrong_sampler_is_rejected(settings, auto, logits_dtype, seed, monkeypatch):
   """Negative control: the same test at the same level must catch a wrong residual."""
   monkeypatch.setattr(acceptance, 'verify_draft', wrong_verify_draft)
   jax.clear_caches()
   try:
-    samples, _ = speculative_samples(settings, seed=2 if auto else 0, auto=auto)
+    samples, _ = speculative_samples(settings, seed=seed, auto=auto, logits_dtype=logits_dtype)
   finally:
     monkeypatch.undo()
     jax.clear_caches()

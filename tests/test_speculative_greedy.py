@@ -15,12 +15,14 @@ MAX_LEN = 23  # not a multiple of γ+1 for any γ tested
 
 @functools.cache
 def models():
-  """Target, and drafts: unrelated (α≈0), the target itself (α=1), a perturbed copy."""
+  """Target, and drafts: unrelated (α≈0), the target itself (α=1), a perturbed copy (also with
+  its logits layer in bfloat16)."""
   config = network.config_from_preset('test_tiny')
   module = network.Transformer(config)
   target = init_params(config, seed=0)
-  drafts = {'unrelated': init_params(config, seed=1), 'self': target,
-            'perturbed': perturb(target, 0.4, seed=2)}
+  perturbed = perturb(target, 0.4, seed=2)
+  drafts = {'unrelated': init_params(config, seed=1), 'self': target, 'perturbed': perturbed,
+            'perturbed_bf16_logits': drafters.with_logits_dtype(perturbed, 'bfloat16')}
   return module, target, drafts
 
 
@@ -39,7 +41,7 @@ def assert_same(expected, got):
   np.testing.assert_array_equal(got.lengths, expected.lengths)
 
 
-@pytest.mark.parametrize('draft', ['unrelated', 'self', 'perturbed'])
+@pytest.mark.parametrize('draft', ['unrelated', 'self', 'perturbed', 'perturbed_bf16_logits'])
 @pytest.mark.parametrize('gamma', [1, 2, 4, 7])
 @pytest.mark.parametrize('batch', [1, 4, 8])
 def test_greedy_equals_autoregressive(batch, gamma, draft):

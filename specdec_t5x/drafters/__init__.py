@@ -29,7 +29,7 @@ from specdec_t5x.drafters.lookahead import (
     PassDraftState,
     load_pass_drafter,
 )
-from specdec_t5x.drafters.model import ModelDrafter, ModelDraftState
+from specdec_t5x.drafters.model import ModelDrafter, ModelDraftState, with_logits_dtype
 from specdec_t5x.drafters.ngram import (
     DEFAULT_SMOOTHING,
     BigramDrafter,
@@ -48,6 +48,7 @@ from specdec_t5x.drafters.registry import (
 )
 
 __all__ = [
+    'with_logits_dtype',
     'BUILDERS', 'DEFAULT_SMOOTHING', 'VOCAB_PADDING_MULTIPLE', 'BigramDrafter', 'DraftUnavailable',
     'Drafter', 'DrafterSpec', 'ExtraPositionsDrafter', 'ModelDraftState', 'ModelDrafter',
     'NgramCounts', 'PassDraftState', 'PassDrafter', 'UnigramDrafter', 'align_logits',

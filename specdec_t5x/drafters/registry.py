@@ -7,7 +7,8 @@ build through `build_drafter`. Kinds (`BUILDERS`):
 * `model`: `path` is a T5X checkpoint of the draft, `config` its `T5Config`
   (None: the `model` entry of the `train_config.json` training wrote beside
   it). Loaded by `load_model(path, config) -> (module, params)`, by default
-  `load_checkpoint`.
+  `load_checkpoint`; option `logits_dtype` ('float32' or 'bfloat16') stores
+  its logits layer so (`model.with_logits_dtype`).
 * `unigram`, `bigram`: `path` is an n-gram counts file (`ngram.save_counts`);
   option `smoothing`, the add-k (default `ngram.DEFAULT_SMOOTHING`).
 * `pass`: `path` is a PaSS look-ahead file (`lookahead.save_lookahead`),
@@ -36,6 +37,7 @@ from flax import linen as nn
 
 from specdec_t5x import network
 from specdec_t5x.drafters import base
+from specdec_t5x.drafters import model as model_lib
 from specdec_t5x.drafters.model import ModelDrafter
 
 PyTree = Any
@@ -54,7 +56,8 @@ class DrafterSpec:
     path: model: a T5X checkpoint directory; unigram/bigram: a counts `.npz`;
       pass: a look-ahead `.npz`; factory: whatever the factory reads.
     config: model: the draft's `T5Config` (None: train_config.json beside it).
-    options: smoothing (n-gram), num_lookahead (pass), factory (factory).
+    options: logits_dtype (model), smoothing (n-gram), num_lookahead (pass),
+      factory (factory).
   """
 
   kind: str
@@ -169,7 +172,13 @@ def _model_drafter(spec: DrafterSpec, target_module: nn.Module, target_params: P
   del target_module, target_params
   if not spec.path:
     raise ValueError('a drafter of kind "model" needs path: the draft\'s T5X checkpoint')
+  unknown = set(spec.options) - {'logits_dtype'}
+  if unknown:
+    raise ValueError(f'unknown options {sorted(unknown)} for a drafter of kind "model" '
+                     '(known: logits_dtype)')
   module, params = load_model(spec.path, spec.config)
+  if 'logits_dtype' in spec.options:
+    params = model_lib.with_logits_dtype(params, spec.options['logits_dtype'])
   return ModelDrafter(module, params)
 
 

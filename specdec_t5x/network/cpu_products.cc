@@ -11,6 +11,11 @@
 // a few rows costs about what one row does: the weights' memory traffic, not
 // the arithmetic, sets the time.
 //
+// w may also be bfloat16 (`SpecdecRowProductBf16`): each weight is widened to the float
+// whose upper half it is, exactly, so the products and sums are float32 as above, and a
+// memory-bound product streams half the bytes (a draft's logits layer, whose rounding only
+// changes what the draft proposes, never what the target accepts).
+//
 // Every element is the chain acc = fma(x[m, i], w[i, n], acc) over i = 0..K-1
 // in order, whatever M, the row's place among the M rows, and the column
 // blocking: a row's result is bitwise the same in a call of 1 row or of 8.
@@ -36,32 +41,54 @@ inline v16 Load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v;
 inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 inline v16 Splat(float f) { return f - v16{}; }
 
+// 16 weights as floats: float32 as they are, bfloat16 (uint16_t bits) shifted into the
+// upper half of a float32, which is the same number.
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+inline v16 LoadWeights(const float* p) { return Load(p); }
+inline v16 LoadWeights(const uint16_t* p) {
+  u16x16 half;
+  std::memcpy(&half, p, sizeof half);
+  const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
+  v16 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+inline float Weight(float w) { return w; }
+inline float Weight(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // Columns per panel: a panel of y stays in L1 while w's rows stream through.
 constexpr int64_t kPanel = 512;
 // Rows of x per pass over w; more rows make more passes.
 constexpr int64_t kMaxRowsPerPass = 8;
 
+template <typename W>
 struct Problem {
   const float* x;  // [M, K]
-  const float* w;  // [K, N]
+  const W* w;      // [K, N], float or bfloat16 bits
   float* y;        // [M, N]
   int64_t K, N;
 };
 
 // Rows 0..M-1 of y, columns [n0, n1), n1 - n0 a multiple of 16.
-template <int M>
-void Panel(const Problem& p, int64_t n0, int64_t n1) {
+template <int M, typename W>
+void Panel(const Problem<W>& p, int64_t n0, int64_t n1) {
   const int64_t K = p.K, N = p.N;
   for (int m = 0; m < M; ++m) std::memset(p.y + m * N + n0, 0, (n1 - n0) * sizeof(float));
   int64_t i = 0;
   for (; i + 4 <= K; i += 4) {
-    const float* w0 = p.w + i * N;
+    const W* w0 = p.w + i * N;
     v16 xb[M][4];
     for (int m = 0; m < M; ++m)
       for (int r = 0; r < 4; ++r) xb[m][r] = Splat(p.x[m * K + i + r]);
     for (int64_t n = n0; n < n1; n += 16) {
-      const v16 a0 = Load(w0 + n), a1 = Load(w0 + N + n), a2 = Load(w0 + 2 * N + n),
-                a3 = Load(w0 + 3 * N + n);
+      const v16 a0 = LoadWeights(w0 + n), a1 = LoadWeights(w0 + N + n),
+                a2 = LoadWeights(w0 + 2 * N + n), a3 = LoadWeights(w0 + 3 * N + n);
       for (int m = 0; m < M; ++m) {
         v16 acc = Load(p.y + m * N + n);
         acc += xb[m][0] * a0;
@@ -73,9 +100,9 @@ void Panel(const Problem& p, int64_t n0, int64_t n1) {
     }
   }
   for (; i < K; ++i) {
-    const float* w0 = p.w + i * N;
+    const W* w0 = p.w + i * N;
     for (int64_t n = n0; n < n1; n += 16) {
-      const v16 a0 = Load(w0 + n);
+      const v16 a0 = LoadWeights(w0 + n);
       for (int m = 0; m < M; ++m) {
         v16 acc = Load(p.y + m * N + n);
         acc += Splat(p.x[m * K + i]) * a0;
@@ -86,34 +113,36 @@ void Panel(const Problem& p, int64_t n0, int64_t n1) {
 }
 
 // Rows 0..M-1 of y, columns [n0, n1): panels of 16-multiples, then the odd columns.
-template <int M>
-void Rows(const Problem& p, int64_t n0, int64_t n1) {
+template <int M, typename W>
+void Rows(const Problem<W>& p, int64_t n0, int64_t n1) {
   const int64_t vector_end = n0 + (n1 - n0) / 16 * 16;
   for (int64_t n = n0; n < vector_end; n += kPanel)
-    Panel<M>(p, n, n + kPanel < vector_end ? n + kPanel : vector_end);
+    Panel<M, W>(p, n, n + kPanel < vector_end ? n + kPanel : vector_end);
   for (int64_t n = vector_end; n < n1; ++n)
     for (int m = 0; m < M; ++m) {
       float acc = 0.f;
-      for (int64_t i = 0; i < p.K; ++i) acc = __builtin_fmaf(p.x[m * p.K + i], p.w[i * p.N + n], acc);
+      for (int64_t i = 0; i < p.K; ++i)
+        acc = __builtin_fmaf(p.x[m * p.K + i], Weight(p.w[i * p.N + n]), acc);
       p.y[m * p.N + n] = acc;
     }
 }
 
 // All M rows, columns [n0, n1), in passes of at most kMaxRowsPerPass rows.
-void Product(const Problem& p, int64_t M, int64_t n0, int64_t n1) {
+template <typename W>
+void Product(const Problem<W>& p, int64_t M, int64_t n0, int64_t n1) {
   for (int64_t m = 0; m < M; m += kMaxRowsPerPass) {
-    Problem rows = p;
+    Problem<W> rows = p;
     rows.x = p.x + m * p.K;
     rows.y = p.y + m * p.N;
     switch (M - m < kMaxRowsPerPass ? M - m : kMaxRowsPerPass) {
-      case 1: Rows<1>(rows, n0, n1); break;
-      case 2: Rows<2>(rows, n0, n1); break;
-      case 3: Rows<3>(rows, n0, n1); break;
-      case 4: Rows<4>(rows, n0, n1); break;
-      case 5: Rows<5>(rows, n0, n1); break;
-      case 6: Rows<6>(rows, n0, n1); break;
-      case 7: Rows<7>(rows, n0, n1); break;
-      default: Rows<8>(rows, n0, n1); break;
+      case 1: Rows<1, W>(rows, n0, n1); break;
+      case 2: Rows<2, W>(rows, n0, n1); break;
+      case 3: Rows<3, W>(rows, n0, n1); break;
+      case 4: Rows<4, W>(rows, n0, n1); break;
+      case 5: Rows<5, W>(rows, n0, n1); break;
+      case 6: Rows<6, W>(rows, n0, n1); break;
+      case 7: Rows<7, W>(rows, n0, n1); break;
+      default: Rows<8, W>(rows, n0, n1); break;
     }
   }
 }
@@ -138,8 +167,10 @@ struct Split {
 // `split_bytes` the hand-off costs more than it saves.
 constexpr int64_t kBlocks = 4;
 
-ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+template <ffi::DataType WType>
+ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<WType> w,
                       ffi::ResultBuffer<ffi::F32> y, int64_t split_bytes) {
+  using W = ffi::NativeType<WType>;
   const auto x_dims = x.dimensions();
   const auto w_dims = w.dimensions();
   const size_t rank = x_dims.size();
@@ -149,11 +180,11 @@ ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
         "cpu_products: expected x [M, K] and w [K, N], or x [B, M, K] and w [B, K, N]");
   const int64_t B = rank == 3 ? x_dims[0] : 1;
   const int64_t M = x_dims[rank - 2], K = x_dims[rank - 1], N = w_dims[rank - 1];
-  const Problem p{x.typed_data(), w.typed_data(), y->typed_data(), K, N};
-  if (B > 1 || K * N * static_cast<int64_t>(sizeof(float)) < split_bytes || N < 16 * kBlocks ||
+  const Problem<W> p{x.typed_data(), w.typed_data(), y->typed_data(), K, N};
+  if (B > 1 || K * N * static_cast<int64_t>(sizeof(W)) < split_bytes || N < 16 * kBlocks ||
       pool.num_threads() < 2) {
     for (int64_t b = 0; b < B; ++b) {
-      Problem one = p;
+      Problem<W> one = p;
       one.x = p.x + b * M * K;
       one.w = p.w + b * K * N;
       one.y = p.y + b * M * N;
@@ -176,10 +207,18 @@ ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProduct, RowProduct,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProduct, RowProduct<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("split_bytes"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProductBf16, RowProduct<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("split_bytes"));

@@ -44,6 +44,8 @@ Array = jax.Array
 
 SOURCE = pathlib.Path(__file__).with_name('cpu_products.cc')
 TARGET_NAME = 'specdec_row_product'
+# The same product with bfloat16 weights, widened exactly to float32 in the kernel.
+BF16_TARGET_NAME = 'specdec_row_product_bf16'
 # Weights from this size on are streamed by two threads (the logits layer; a
 # cpu_target layer of 0.8 MB is faster on one: the hand-off costs ~10 us).
 SPLIT_BYTES = 2 << 20
@@ -104,6 +106,8 @@ def available() -> bool:
     library = ctypes.cdll.LoadLibrary(str(build()))
     jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowProduct),
                                 platform='cpu')
+    jax.ffi.register_ffi_target(BF16_TARGET_NAME,
+                                jax.ffi.pycapsule(library.SpecdecRowProductBf16), platform='cpu')
   except (RuntimeError, OSError, subprocess.SubprocessError) as e:
     warnings.warn(f'specdec_t5x.network.cpu_products is unavailable, so decode calls on CPU '
                   f'use XLA\'s own products (slower for a few rows): {e}', RuntimeWarning,
@@ -115,6 +119,10 @@ def available() -> bool:
 def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
   """`x [M, K] @ w [K, N]` in float32, streaming `w` once per 8 rows (CPU only).
 
+  `w` may be bfloat16: each weight is widened exactly to float32 as it is
+  read, so only the weights' bytes halve (a draft's logits layer,
+  `drafters.model.with_logits_dtype`).
+
   With a leading batch axis, `x [B, M, K]` and `w [B, K, N]`, one such
   product per index (`[B, M, N]`; never split across threads). Call
   `available()` first. Its derivatives are XLA's products of the tangents
@@ -124,15 +132,16 @@ def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
   if not (batched or (x.ndim == 2 and w.ndim == 2)) or x.shape[-1] != w.shape[-2]:
     raise ValueError(f'cpu_products.product takes x [M, K] and w [K, N], or x [B, M, K] and '
                      f'w [B, K, N], got {x.shape} and {w.shape}')
-  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
-    raise ValueError(f'cpu_products.product is float32 only, got {x.dtype} and {w.dtype}')
+  if x.dtype != jnp.float32 or w.dtype not in (jnp.float32, jnp.bfloat16):
+    raise ValueError(f'cpu_products.product takes float32 x and float32 or bfloat16 w, got '
+                     f'{x.dtype} and {w.dtype}')
   return _row_product(x, w, split_bytes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _row_product(x: Array, w: Array, split_bytes: int) -> Array:
-  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct(x.shape[:-1] + w.shape[-1:],
-                                                            jnp.float32),
+  name = BF16_TARGET_NAME if w.dtype == jnp.bfloat16 else TARGET_NAME
+  call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape[:-1] + w.shape[-1:], jnp.float32),
                           vmap_method='sequential')
   return call(x, w, split_bytes=np.int64(split_bytes))
 

@@ -50,9 +50,9 @@ class DenseGeneral(nn.Module):
     kernel_shape = tuple(inputs.shape[ax] for ax in axis) + features
     kernel_param_shape = (int(np.prod([inputs.shape[ax] for ax in axis])),
                           int(np.prod(features)))
-    kernel = param_with_axes('kernel', self.kernel_init, kernel_param_shape, jnp.float32,
+    stored = param_with_axes('kernel', self.kernel_init, kernel_param_shape, jnp.float32,
                              axes=self.kernel_axes)
-    kernel = jnp.asarray(kernel, self.dtype)
+    kernel = jnp.asarray(stored, self.dtype)
     batch_shape = tuple(inputs.shape[ax] for ax in range(inputs.ndim) if ax not in axis)
     rows = int(np.prod(batch_shape))
     # Inputs are [batch, length, ...]: the positions per row are the second axis.
@@ -60,7 +60,10 @@ class DenseGeneral(nn.Module):
     if axis == tuple(range(len(batch_shape), inputs.ndim)):  # trailing axes: rows x kernel
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
       if kernels.dense_uses_cpu_products(rows, self.dtype, self.decode_kernels):
-        return jnp.reshape(cpu_products.product(flat, kernel), batch_shape + features)
+        # A bfloat16 kernel (a draft's logits, `drafters.model.with_logits_dtype`) is
+        # streamed as it is stored: widening it here would read it twice.
+        weights = stored if stored.dtype == jnp.bfloat16 else kernel
+        return jnp.reshape(cpu_products.product(flat, weights), batch_shape + features)
       if kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels):
         return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
                            batch_shape + features)
