@@ -64,3 +64,17 @@ def test_a_cell_whose_theory_already_reaches_the_goal_names_measured_over_theory
   assert predicted > 1.3
   row = gap.gap_markdown(lambda r: ('EnDe', 'large'), {('ende',): cells}, 1.3).splitlines()[-1]
   assert row.endswith(f'the theory reaches 1.3x; measured / theory is {1.1 / predicted:.2f} |')
+
+
+def test_a_flat_scoring_cost_is_weighed_against_the_cost_where_it_reaches_the_goal():
+  # A steep measured curve: its best γ is 1, but a flat cost just above γ = 1's would reach
+  # the goal at a larger γ, where the measured cost is far higher.
+  cells = [{'alpha_beta': 0.8, 'c': 0.02, 'gamma': g, 'scoring_cost': s, 'speedup': 1.0,
+            'task': 'ende'} for g, s in ((1, 1.05), (4, 2.0))]
+  result = gap.task_gap(cells, 1.9)
+  assert result['gamma'] == 1 and result['scoring_needed'] > 1.05
+  assert result['scoring_needed_gamma'] == 4 and result['scoring_cost_there'] == 2.0
+  row = gap.gap_markdown(lambda r: ('EnDe', 'large'), {('ende',): cells}, 1.9).splitlines()[-1]
+  assert f"{result['scoring_needed']:.2f} at γ = 4 (measured 2.00)" in row
+  needed_share = 1.0 - result['scoring_needed'] / 2.0
+  assert needed_share > 0.05 and 'scoring cost (the smallest change, 0%)' not in row

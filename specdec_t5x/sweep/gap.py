@@ -121,12 +121,18 @@ def task_gap(cells: Sequence[Mapping[str, Any]], goal: float) -> dict[str, Any]:
   """The gap to `goal` of one (task, draft, temperature) group of grid cells (`group_estimates`)."""
   alpha, c, scoring, request = group_estimates(cells)
   predicted, gamma = best_prediction(alpha, c, scoring, request)
+  needed = scoring_needed(goal, alpha, c, sorted(scoring), request)
+  # A flat cost may reach the goal at a larger γ than the measured curve's best, where the
+  # measured cost is higher: the change it asks for is against the cost at that γ.
+  needed_gamma = (gamma if needed is None
+                  else best_prediction(alpha, c, dict.fromkeys(scoring, needed), request)[1])
   return {'alpha': alpha, 'c': c, 'gamma': gamma, 'scoring_cost': scoring[gamma],
           'request': request, 'predicted': predicted,
           'measured': max(r['speedup'] for r in cells),
           'alpha_needed': alpha_needed(goal, c, scoring, request),
           'c_needed': c_needed(goal, alpha, scoring, request),
-          'scoring_needed': scoring_needed(goal, alpha, c, sorted(scoring), request),
+          'scoring_needed': needed, 'scoring_needed_gamma': needed_gamma,
+          'scoring_cost_there': scoring[needed_gamma],
           'setup_needed': setup_needed(goal, alpha, c, scoring, request),
           'perfect_draft': best_prediction(ALPHA_MAX, c, scoring, request)[0]}
 
@@ -147,13 +153,26 @@ def _separating(gap: Mapping[str, Any], goal: float) -> str:
   if gap['c_needed'] is not None and gap['c'] > 0:
     changes['c'] = 1.0 - gap['c_needed'] / gap['c']
   if gap['scoring_needed'] is not None:
-    changes['scoring cost'] = 1.0 - gap['scoring_needed'] / gap['scoring_cost']
+    there = gap.get('scoring_cost_there', gap['scoring_cost'])
+    changes['scoring cost'] = 1.0 - gap['scoring_needed'] / there
   if gap.get('setup_needed') is not None:
     changes['set-up'] = 1.0 - gap['setup_needed']
   if not changes:
     return 'no single quantity: several must move'
   name = min(changes, key=changes.get)
-  return f'{name} (the smallest change, {100 * max(changes[name], 0):.0f}%)'
+  share = max(changes[name], 0.0)
+  return f'{name} (the smallest change, {"<1" if share < 0.005 else f"{100 * share:.0f}"}%)'
+
+
+def _scoring_needed_cell(gap: Mapping[str, Any], never: str) -> str:
+  """The flat scoring cost that reaches the goal, with the γ it does so at where that differs."""
+  if gap['scoring_needed'] is None:
+    return never
+  text = fmt(gap['scoring_needed'])
+  where = gap.get('scoring_needed_gamma', gap['gamma'])
+  if where != gap['gamma']:
+    text += f" at γ = {where} (measured {fmt(gap['scoring_cost_there'])})"
+  return text
 
 
 def _setup_columns(gap: Mapping[str, Any], never: str) -> list[str]:
@@ -188,7 +207,7 @@ def gap_markdown(label_of: Callable[[Mapping[str, Any]], tuple[str, str]],
         fmt(gap['alpha_needed']) if gap['alpha_needed'] is not None else never,
         fmt(gap['c'], 3), fmt(gap['c_needed'], 3) if gap['c_needed'] is not None else never,
         fmt(gap['scoring_cost']),
-        fmt(gap['scoring_needed']) if gap['scoring_needed'] is not None else never,
+        _scoring_needed_cell(gap, never),
         *_setup_columns(gap, never), _separating(gap, goal)]) + ' |')
   return '\n'.join(lines)
 
