@@ -86,8 +86,11 @@ def _check_eos(eos_id: int, vocab_size: int) -> np.int32:
 
 @functools.cache
 def _zero_key() -> Array:
-  # Made once: an eager `PRNGKey(0)` costs ~0.1 ms, timed into every request.
-  return jax.random.PRNGKey(0)
+  # Made once: an eager `PRNGKey(0)` costs ~0.1 ms, timed into every request. Concrete even
+  # when the first call is under a trace (T5X calls the decoder inside pjit), or the cache
+  # would keep a tracer.
+  with jax.ensure_compile_time_eval():
+    return jax.random.PRNGKey(0)
 
 
 def _default_rng(rng: Array | None) -> Array:

@@ -1,5 +1,6 @@
 """Bad input raises a clear error at the Python boundary, never deep inside XLA."""
 
+import jax
 import numpy as np
 import pytest
 from conftest import init_params
@@ -62,3 +63,14 @@ def test_draft_with_another_vocabulary(model):
   drafter = drafters.ModelDrafter(network.Transformer(other), init_params(other, seed=1))
   with pytest.raises(ValueError, match='vocabulary mismatch'):
     decoding.speculative_decode(module, params, drafter, GOOD, gamma=2, max_decode_len=4)
+
+
+def test_the_default_key_first_made_under_a_trace_is_not_a_tracer(model):
+  """T5X calls the decoder inside pjit: the cached default key must outlive that trace."""
+  module, params = model
+  decoding._zero_key.cache_clear()
+  inside = jax.jit(lambda tokens: decoding.autoregressive_decode(
+      module, params, tokens, max_decode_len=3, temperature=1.0).tokens)(GOOD)
+  outside = decoding.autoregressive_decode(module, params, GOOD, max_decode_len=3,
+                                           temperature=1.0).tokens
+  np.testing.assert_array_equal(inside, outside)
