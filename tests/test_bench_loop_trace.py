@@ -82,6 +82,13 @@ def test_loop_breakdown_keeps_to_its_module_in_a_shared_trace():
   assert loop_trace.module_name('HloModule jit_mine, entry_computation_layout={}') == 'jit_mine'
 
 
+def test_a_loop_that_holds_little_of_its_decoders_wall_time_is_refused():
+  breakdown = dict(loop_us=10.0)
+  loop_trace._check_coverage(breakdown, iterations=4, wall_us=150.0, decoder='speculative')
+  with pytest.raises(ValueError, match='speculative loop for only 10% of its wall time'):
+    loop_trace._check_coverage(breakdown, iterations=1, wall_us=100.0, decoder='speculative')
+
+
 def test_loop_breakdown_without_a_loop_says_so():
   with pytest.raises(ValueError, match='no while loop'):
     loop_trace.loop_breakdown([_event('a', 0, 1)], {'a': ''}, iterations=1)

@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ _COMPUTATION = re.compile(r'\s*(?:ENTRY )?%?([\w.\-]+) .*\{\s*$')
 _OP_NAME = re.compile(r'metadata=\{[^}]*op_name="([^"]*)"')
 _CALLS = re.compile(r'calls=%?([\w.\-]+)')
 _OPERAND = re.compile(r'%([\w.\-]+)')
+# The loop found must hold at least this share of its decoder's wall time, or the trace did
+# not show the decode loop (`trace_loops`).
+LOOP_SHARE_MIN = 0.2  # summarisation spends up to half a request outside the loop
 # Container events: their time is their children's.
 _CONTAINERS = ('while', 'conditional', 'call', 'ThunkExecutor')
 
@@ -113,12 +117,32 @@ def trace_requests(runs: Sequence[Callable[[Any], Any]], requests: Sequence[Any]
   The runs take turns request by request (the first run alternates), so a
   change of load on this shared machine falls on all of them alike.
   """
+  return _traced(runs, requests, log_dir, passes)[0]
+
+
+def _traced(runs: Sequence[Callable[[Any], Any]], requests: Sequence[Any],
+            log_dir: str | os.PathLike, passes: int) -> tuple[list[dict[str, Any]], list[float]]:
+  """`trace_requests`, and each run's summed wall time in µs."""
+  wall_us = [0.0] * len(runs)
   with jax.profiler.trace(os.fspath(log_dir), create_perfetto_trace=True):
     for turn in range(passes * len(requests)):
       request = requests[turn % len(requests)]
-      for run in (runs if turn % 2 == 0 else runs[::-1]):
-        jax.block_until_ready(run(request))
-  return read_trace(log_dir)
+      for index in (range(len(runs)) if turn % 2 == 0 else reversed(range(len(runs)))):
+        start = time.perf_counter()
+        jax.block_until_ready(runs[index](request))
+        wall_us[index] += 1e6 * (time.perf_counter() - start)
+  return read_trace(log_dir), wall_us
+
+
+def _check_coverage(breakdown: Mapping[str, Any], iterations: int, wall_us: float,
+                    decoder: str) -> None:
+  """Raises where the loop found holds too little of its decoder's wall time to be its loop."""
+  share = breakdown['loop_us'] * iterations / max(wall_us, 1e-9)
+  if share < LOOP_SHARE_MIN:
+    # Seen with sampling (T > 0): the trace then held almost no events of the programs.
+    raise ValueError(f'the trace shows the {decoder} loop for only {share:.0%} of its wall '
+                     'time: XLA:CPU did not trace this program op by op, so it cannot be broken '
+                     'down')
 
 
 def module_name(hlo_text: str) -> str:
@@ -224,12 +248,14 @@ def trace_loops(module: nn.Module, params: Any, drafter: drafters_lib.Drafter,
                            **static)
   spec_text = _compiled_text(speculative_loop.decode, module, params, drafter, requests[0], rng,
                              None, gamma=gamma, **static)
-  events = trace_requests([autoregressive, speculative], requests, log_dir, passes)
+  events, wall_us = _traced([autoregressive, speculative], requests, log_dir, passes)
   count = lambda outputs, field: passes * sum(int(getattr(out, field).sum()) for out in outputs)
   ar = loop_breakdown(events, compiled_op_names(ar_text), count(ar_outputs, 'lengths'), top,
                       module=module_name(ar_text))
   spec = loop_breakdown(events, compiled_op_names(spec_text), count(spec_outputs, 'iterations'),
                         top, module=module_name(spec_text))
+  _check_coverage(ar, count(ar_outputs, 'lengths'), wall_us[0], 'autoregressive')
+  _check_coverage(spec, count(spec_outputs, 'iterations'), wall_us[1], 'speculative')
   tokens_per_iteration = (sum(int(out.lengths.sum()) for out in spec_outputs)
                           / sum(int(out.iterations.sum()) for out in spec_outputs))
   pairs = zip(ar_outputs, spec_outputs, strict=True)
