@@ -111,18 +111,16 @@ def read_trace(log_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def trace_requests(runs: Sequence[Callable[[Any], Any]], requests: Sequence[Any],
-                   log_dir: str | os.PathLike, passes: int = 1) -> list[dict[str, Any]]:
-  """Every run on every request, `passes` times, under the profiler; returns the trace's events.
+                   log_dir: str | os.PathLike,
+                   passes: int = 1) -> tuple[list[dict[str, Any]], list[float]]:
+  """Every run on every request, `passes` times, under the profiler.
 
   The runs take turns request by request (the first run alternates), so a
   change of load on this shared machine falls on all of them alike.
+
+  Returns:
+    `(the trace's events, each run's summed wall time in µs)`.
   """
-  return _traced(runs, requests, log_dir, passes)[0]
-
-
-def _traced(runs: Sequence[Callable[[Any], Any]], requests: Sequence[Any],
-            log_dir: str | os.PathLike, passes: int) -> tuple[list[dict[str, Any]], list[float]]:
-  """`trace_requests`, and each run's summed wall time in µs."""
   wall_us = [0.0] * len(runs)
   with jax.profiler.trace(os.fspath(log_dir), create_perfetto_trace=True):
     for turn in range(passes * len(requests)):
@@ -248,7 +246,7 @@ def trace_loops(module: nn.Module, params: Any, drafter: drafters_lib.Drafter,
                            **static)
   spec_text = _compiled_text(speculative_loop.decode, module, params, drafter, requests[0], rng,
                              None, gamma=gamma, **static)
-  events, wall_us = _traced([autoregressive, speculative], requests, log_dir, passes)
+  events, wall_us = trace_requests([autoregressive, speculative], requests, log_dir, passes)
   count = lambda outputs, field: passes * sum(int(getattr(out, field).sum()) for out in outputs)
   ar = loop_breakdown(events, compiled_op_names(ar_text), count(ar_outputs, 'lengths'), top,
                       module=module_name(ar_text))

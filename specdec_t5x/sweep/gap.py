@@ -153,8 +153,7 @@ def _separating(gap: Mapping[str, Any], goal: float) -> str:
   if gap['c_needed'] is not None and gap['c'] > 0:
     changes['c'] = 1.0 - gap['c_needed'] / gap['c']
   if gap['scoring_needed'] is not None:
-    there = gap.get('scoring_cost_there', gap['scoring_cost'])
-    changes['scoring cost'] = 1.0 - gap['scoring_needed'] / there
+    changes['scoring cost'] = 1.0 - gap['scoring_needed'] / gap['scoring_cost_there']
   if gap.get('setup_needed') is not None:
     changes['set-up'] = 1.0 - gap['setup_needed']
   if not changes:
@@ -169,7 +168,7 @@ def _scoring_needed_cell(gap: Mapping[str, Any], never: str) -> str:
   if gap['scoring_needed'] is None:
     return never
   text = fmt(gap['scoring_needed'])
-  where = gap.get('scoring_needed_gamma', gap['gamma'])
+  where = gap['scoring_needed_gamma']
   if where != gap['gamma']:
     text += f" at γ = {where} (measured {fmt(gap['scoring_cost_there'])})"
   return text
