@@ -47,16 +47,20 @@ def init_decode_cache(module: nn.Module, params: Any, encoded: Array,
 
 def decode_step(module: nn.Module, params: Any, cache: Cache, encoded: Array,
                 encoder_input_tokens: Array, decoder_input_tokens: Array,
-                decoder_input_embeddings: Array | None = None) -> tuple[Array, Cache]:
+                decoder_input_embeddings: Array | None = None,
+                logits_positions: Array | None = None) -> tuple[Array, Cache]:
   """Feeds `decoder_input_tokens [batch, k]` at each row's position.
 
   Returns:
-    `(logits [batch, k, vocab], cache)` with every row's position advanced by k.
+    `(logits [batch, k, vocab], cache)` with every row's position advanced by k;
+    with `logits_positions [batch, r]` (indices into k) the logits are those
+    positions' only, `[batch, r, vocab]`.
   """
   logits, variables = module.apply(
       {'params': params, 'cache': cache}, encoded, encoder_input_tokens, decoder_input_tokens,
       decoder_input_tokens, decode=True, enable_dropout=False, mutable=['cache'],
-      method=module.decode, decoder_input_embeddings=decoder_input_embeddings)
+      method=module.decode, decoder_input_embeddings=decoder_input_embeddings,
+      logits_positions=logits_positions)
   return logits, flax.core.unfreeze(variables['cache'])
 
 

@@ -93,6 +93,25 @@ def test_rows_at_different_positions(model):
   np.testing.assert_array_equal(cache_lib.decode_position(cache), offsets + k)
 
 
+def test_logits_positions_give_those_rows_and_the_same_cache(model):
+  module, params = model
+  vocab = module.config.vocab_size
+  batch, k = 3, 4
+  encoder_tokens = random_inputs(batch, 7, vocab, 3)
+  tokens = np.random.default_rng(3).integers(1, vocab, (batch, k)).astype(np.int32)
+  encoded = encode(module, params, encoder_tokens)
+  cache = init_cache(module, params, encoded, encoder_tokens, k + 2)
+  full, full_cache = step_fn(module)(params, cache, encoded, encoder_tokens, tokens)
+  positions = np.array([[3, 0], [1, 1], [0, 2]], np.int32)  # any rows, repeated, in any order
+  picked, picked_cache = jax.jit(lambda p, c, e, t, x, r: cache_lib.decode_step(
+      module, p, c, e, t, x, logits_positions=r))(params, cache, encoded, encoder_tokens,
+                                                  tokens, positions)
+  assert picked.shape == (batch, 2, vocab)
+  np.testing.assert_allclose(picked, np.take_along_axis(np.asarray(full), positions[..., None], 1),
+                             atol=TOL, rtol=0)
+  jax.tree.map(np.testing.assert_array_equal, picked_cache, full_cache)
+
+
 @pytest.mark.parametrize('seed', [0, 1])
 def test_rewind_then_overwrite_equals_full_pass(model, seed):
   """Write K, rewind each row by its own amount, write other tokens: stale entries never leak."""

@@ -84,9 +84,11 @@ class ModelDrafter:
                                         cache_length)
     return ModelDraftState(cache=cache, encoded=encoded, encoder_input_tokens=encoder_input_tokens)
 
-  def _step(self, state: ModelDraftState, tokens: Array) -> tuple[Array, ModelDraftState]:
+  def _step(self, state: ModelDraftState, tokens: Array,
+            logits_positions: Array | None = None) -> tuple[Array, ModelDraftState]:
     logits, cache = cache_lib.decode_step(self.module, self.params, state.cache, state.encoded,
-                                          state.encoder_input_tokens, tokens)
+                                          state.encoder_input_tokens, tokens,
+                                          logits_positions=logits_positions)
     return logits, state.replace(cache=cache)
 
   def catch_up(self, state: ModelDraftState, sequences: Array,
@@ -118,9 +120,10 @@ class ModelDrafter:
     pair = jnp.stack([base.last_inputs(sequences, start), base.last_inputs(sequences, start + 1)],
                      axis=1)
     # With lengths == 0 the pair is [BOS, junk]: read the logits of BOS and let
-    # the junk position be overwritten by the first draft token.
-    logits, state = self._step(state, pair)
-    logits = jnp.take_along_axis(logits, jnp.minimum(lengths, 1)[:, None, None], axis=1)[:, 0]
+    # the junk position be overwritten by the first draft token. Only that
+    # position's logits are computed (the vocabulary product is a third of a step).
+    logits, state = self._step(state, pair, logits_positions=jnp.minimum(lengths, 1)[:, None])
+    logits = logits[:, 0]
     state = state.replace(cache=cache_lib.rewind(state.cache, lengths + 1))
     rngs = jax.random.split(rng, gamma)
     first_token, first_probs = base.draw(rngs[0], logits, sampling, vocab_size)

@@ -138,7 +138,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Decoder tokens `[batch, q]` (or their embeddings) to logits `[batch, q, vocab]`."""
+  """Decoder tokens `[batch, q]` (or their embeddings) to logits `[batch, q, vocab]`.
+
+  With `logits_positions [batch, r]` (indices into q), only those positions'
+  logits `[batch, r, vocab]` are computed: a caller that needs fewer rows than
+  it feeds skips the rest of the largest product of a small model's step.
+  """
 
   config: T5Config
   shared_embedding: nn.Module
@@ -149,7 +154,7 @@ class Decoder(nn.Module):
                encoder_decoder_mask: Array | None = None, deterministic: bool = False,
                decode: bool = False, max_decode_length: int | None = None,
                decoder_input_embeddings: Array | None = None,
-               fill_cross_cache: bool = False) -> Array:
+               fill_cross_cache: bool = False, logits_positions: Array | None = None) -> Array:
     cfg = _resolved(self.config, decode)
     batch, num_queries = decoder_input_tokens.shape
     relpos = _relpos(cfg)
@@ -185,6 +190,8 @@ class Decoder(nn.Module):
           deterministic=deterministic, decode=decode,
           decode_positions=query_positions if decode else None,
           fill_cross_cache=fill_cross_cache, block_bias=block_bias)
+    if logits_positions is not None:  # [batch, r]: only these rows reach the vocabulary
+      y = jnp.take_along_axis(y, logits_positions[..., None], axis=1)
     y = LayerNorm(dtype=cfg.dtype, decode_kernels=cfg.decode_kernels,
                   name='decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
@@ -232,7 +239,8 @@ class Transformer(nn.Module):
              enable_dropout: bool = True, decode: bool = False,
              max_decode_length: int | None = None, *,
              decoder_input_embeddings: Array | None = None,
-             cache_cross_attention: bool = False) -> Array:
+             cache_cross_attention: bool = False,
+             logits_positions: Array | None = None) -> Array:
     """Decoder logits `[batch, q, vocab]` for `decoder_input_tokens [batch, q]`.
 
     With `decode=True` and an existing cache, the q tokens are written at each
@@ -243,6 +251,8 @@ class Transformer(nn.Module):
         token embeddings (used for PaSS look-ahead positions).
       cache_cross_attention: on the call that creates the cache, also project
         the encoder output into cross-attention keys/values kept in the cache.
+      logits_positions: optional `[batch, r]` indices into q: the logits of those
+        positions only, `[batch, r, vocab]`.
     """
     cfg = self.config
     if decode:
@@ -267,7 +277,8 @@ class Transformer(nn.Module):
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length,
                         decoder_input_embeddings=decoder_input_embeddings,
-                        fill_cross_cache=cache_cross_attention)
+                        fill_cross_cache=cache_cross_attention,
+                        logits_positions=logits_positions)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
