@@ -8,8 +8,8 @@ named scopes of `speculative_loop.iteration` ('draft', 'score', 'accept', 'emit'
 iteration: the time of each part, the ops run, the gap between them, and the costliest ops
 (`specdec_t5x.bench.loop_trace`). The two decoders take turns input by input in one trace,
 so load from other processes falls on both. Only inputs of the most common padded width are
-traced (each width is its own program). With sampling (--temperature > 0) the trace held almost
-no events of the programs on this host (jax 0.10.2), and the script stops with that error.
+traced (each width is its own program). With sampling (--temperature > 0) XLA:CPU's `while`
+event ends before the loop's body does; a run of the loop lasts until the last op of its body.
 
 Writes <output-dir>/loop_trace.{json,md}. Example:
 

@@ -72,6 +72,23 @@ def test_loop_breakdown_counts_only_the_loops_events_and_the_gap_between_them():
   assert [op['hlo'] for op in breakdown['top_ops']] == ['a', 'b']
 
 
+def test_a_loop_whose_while_event_ends_before_its_body_spans_its_body():
+  # With sampling, XLA:CPU's `while` event can end at once while its body runs on.
+  names = {'while.2': 'jit(f)/while', 'while.7': 'jit(f)/while/body/draft/while',
+           'a': 'jit(f)/while/body/score/x', 'b': 'jit(f)/while/body/draft/while/body/y',
+           'c': 'jit(f)/z'}
+  events = [
+      _event('while.2', 0, 5), _event('while.2', 300, 5),
+      _event('while.7', 20, 60),  # nested, and recorded longer than the outer loop's events
+      _event('a', 10, 40), _event('b', 60, 30), _event('c', 150, 20),
+      _event('a', 310, 50)]
+  breakdown = loop_trace.loop_breakdown(events, names, iterations=2)
+  assert breakdown['loop'] == 'while.2'
+  assert breakdown['loop_us'] == (90 + 60) / 2  # each run ends with its body's last event
+  assert breakdown['ops_us'] == {'score': 45.0, 'draft': 15.0}
+  assert breakdown['gap_us'] == 15.0
+
+
 def test_loop_breakdown_keeps_to_its_module_in_a_shared_trace():
   names = {'while.1': '', 'a': 'jit(f)/while/body/score/x'}
   mine, other = dict(hlo_module='jit_mine'), dict(hlo_module='jit_other')

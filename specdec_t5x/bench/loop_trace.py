@@ -137,7 +137,6 @@ def _check_coverage(breakdown: Mapping[str, Any], iterations: int, wall_us: floa
   """Raises where the loop found holds too little of its decoder's wall time to be its loop."""
   share = breakdown['loop_us'] * iterations / max(wall_us, 1e-9)
   if share < LOOP_SHARE_MIN:
-    # Seen with sampling (T > 0): the trace then held almost no events of the programs.
     raise ValueError(f'the trace shows the {decoder} loop for only {share:.0%} of its wall '
                      'time: XLA:CPU did not trace this program op by op, so it cannot be broken '
                      'down')
@@ -156,18 +155,33 @@ Intervals = dict[Any, list[tuple[float, float]]]  # thread id -> [(start, end)] 
 
 def _loop_intervals(events: Sequence[Mapping[str, Any]],
                     op_names: Mapping[str, str]) -> tuple[str, Intervals]:
-  """The program's outermost loop (its longest-running `while`) and its intervals per thread."""
+  """The program's outermost loop and the intervals it ran in, per thread.
+
+  The outermost loop is the `while` whose op_name is least nested (then the
+  one that took longest). A run of it lasts from its event's start to the end
+  of the last event of its body or condition before its next run: with sampling
+  the `while` event itself can end before its body does (XLA:CPU continues the
+  loop asynchronously), so its own duration would miss most of the loop.
+  """
   totals: collections.Counter = collections.Counter()
   for event in events:
     if event['name'].startswith('while') and event['name'] in op_names:
       totals[event['name']] += event['dur']
   if not totals:
     raise ValueError('the trace holds no while loop of the traced program')
-  loop = totals.most_common(1)[0][0]
-  intervals: Intervals = collections.defaultdict(list)
+  loop = min(totals, key=lambda name: (op_names[name].count('/while'), -totals[name]))
+  inside = f'{op_names[loop]}/' if op_names[loop] else None
+  runs = sorted((e for e in events if e['name'] == loop), key=lambda e: e['ts'])
+  ends = [run['ts'] + run['dur'] for run in runs]
+  starts = [run['ts'] for run in runs] + [float('inf')]
   for event in events:
-    if event['name'] == loop:
-      intervals[event['tid']].append((event['ts'], event['ts'] + event['dur']))
+    if inside and op_names.get(event['name'], '').startswith(inside):
+      index = int(np.searchsorted(starts, event['ts'], side='right')) - 1
+      if index >= 0:
+        ends[index] = max(ends[index], event['ts'] + event['dur'])
+  intervals: Intervals = collections.defaultdict(list)
+  for run, end in zip(runs, ends, strict=True):
+    intervals[run['tid']].append((run['ts'], end))
   return loop, intervals
 
 
