@@ -1,4 +1,4 @@
-"""The Markdown reports of a sweep: Table 2 / Table 3 analogs, throughput, the peer; `write_report`.
+"""The Markdown reports of a sweep: Table 2 / Table 3 analogs, throughput; `write_report`.
 
 Everything here reads records (the dicts `CellStore` keeps; see `measure.summarize_cell`
 and `peer_hf.measure_peer` for their keys) and never measures: results/ can be
@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from specdec_t5x import paper, paths, theory
-from specdec_t5x.bench import machine as bench_machine
 from specdec_t5x.bench import report as bench_report
 from specdec_t5x.bench.report import markdown_table
-from specdec_t5x.sweep import auto_report, gap, plots
+from specdec_t5x.sweep import auto_report, gap, markdown, peer_report, plots
 from specdec_t5x.sweep.config import SweepConfig
 from specdec_t5x.sweep.markdown import fmt
 from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
@@ -73,25 +72,6 @@ def best_cells(config: SweepConfig, records: Sequence[Mapping[str, Any]],
   return best
 
 
-def _machine_line(records: Sequence[Mapping[str, Any]]) -> str:
-  if not records:
-    return ''
-  machine = records[-1]['machine']
-  loads = [r['load_average_1min'] for r in records]
-  dates = sorted(r['date'] for r in records)
-  return (f"Machine: {machine['nproc']} CPU cores ({machine['cpu_model']}"
-          f"{bench_machine.vector_and_cache(machine)}), jax "
-          f"{machine['jax']} ({machine['jax_backend']}), fp32. Measured {dates[0]} to "
-          f"{dates[-1]}; 1-minute load average during the cells {min(loads):.1f}-"
-          f"{max(loads):.1f} (the machine is shared: absolute times are noisy, the ratios are "
-          f"measured interleaved under the same load).")
-
-
-def _commands(records: Sequence[Mapping[str, Any]]) -> str:
-  commands = sorted({r.get('command', '') for r in records if r.get('command')})
-  return '\n'.join(f'    {command}' for command in commands) or '    (not recorded)'
-
-
 def _table2_row(config: SweepConfig, b: Mapping[str, Any]) -> list[str]:
   """One row of `TABLE2_HEAD` from a best cell (`best_cells`)."""
   task, draft = config.tasks[b['task']], config.drafts[b['draft']]
@@ -135,11 +115,13 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       f'# Table 2 analog: speculative vs autoregressive decoding ({config.name} sweep)',
       f'Sweep config `{config.name}`: {config.description}',
       'Each row is the fastest γ of its (task, draft, temperature) cell at batch 1, as the '
-      'paper reports. **Speed** is the median over inputs of speculative tokens/s over '
+      'paper reports. **Speed** is the median over paired runs of speculative tokens/s over '
       'autoregressive tokens/s, both jitted, on the same inputs and interleaved input by input, '
-      'after compilation and warm-up. **α (β)** is the mean of β = Σ min(p, q) over the '
-      'verified positions (the paper\'s definition); **α (accept.)** inverts E[tokens per '
-      'iteration] from the acceptance counts (`theory.alpha_from_acceptance`). **c** is one '
+      'after compilation and warm-up, in passes over the inputs until there are '
+      f'{config.timing.min_samples} pairs (`timing.min_samples`). **α (β)** is the mean of '
+      'β = Σ min(p, q) over the verified positions (the paper\'s definition); **α '
+      '(accept.)** inverts E[tokens per iteration] from the acceptance counts '
+      '(`theory.alpha_from_acceptance`). **c** is one '
       'drafter proposal of γ tokens / γ over one target decoder step, and **scoring cost** one '
       'target call on γ+1 positions over one on 1 position, both timed in the same cell '
       '(chained in one jitted loop, interleaved rounds, medians). **Theory (paper formula)** is '
@@ -165,8 +147,8 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       f'Greedy exactness: {mismatched} of {greedy_rows} greedy speculative outputs differ from '
       'the autoregressive ones (over all γ).',
       markdown_table(TABLE2_HEAD, rows),
-      _machine_line(records),
-      'Made by:\n\n' + _commands(records),
+      markdown.machine_line(records),
+      'Made by:\n\n' + markdown.commands(records),
   ]
   return '\n\n'.join(p for p in description if p) + '\n'
 
@@ -263,8 +245,8 @@ def table3_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
       ('Drafts of the config without measurements: '
        + '; '.join(f'{d} ({reasons.get(d, "not run, or unavailable when the sweep ran")})'
                    for d in missing) + '.') if missing else '',
-      _machine_line(grid),
-      'Made by:\n\n' + _commands(grid),
+      markdown.machine_line(grid),
+      'Made by:\n\n' + markdown.commands(grid),
   ]
   return '\n\n'.join(p for p in paragraphs if p) + '\n'
 
@@ -292,46 +274,6 @@ def throughput_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]
       'call on B × (γ+1) positions costs more as B grows, which is where batching eats the '
       'win.',
       markdown_table(head, rows)]) + '\n'
-
-
-def peer_markdown(config: SweepConfig, peers: Sequence[Mapping[str, Any]]) -> str:
-  """results/peer_hf.md: Hugging Face assisted generation against ours on the same weights."""
-  if not peers:
-    return ''
-  paragraphs = [
-      '# Peer: Hugging Face assisted generation on the same weights',
-      f'Sweep config `{config.name}`: {config.description}',
-      'The target and the draft checkpoints are converted with `hf_convert.to_hf_model` to '
-      '`T5ForConditionalGeneration` (fp32, PyTorch). Per input (batch 1, greedy), in rotating '
-      'order: our `speculative_decode` at γ, our `autoregressive_decode`, HF `generate` without '
-      'and with `assistant_model=` under each assistant setting; the times are wall times of '
-      'one call after warm-up, medians over inputs. HF\'s best setting is its fastest.']
-  for p in peers:
-    task = config.tasks[p['task']]
-    ms = p['median_ms']
-    rows = [[name, fmt(value, 1), str(p['output_tokens'][name])] for name, value in ms.items()]
-    agreement_rows = [[name.replace('_vs_', ' vs '), f"{a['identical']} / {a['of']}",
-                       ', '.join(f"input {d['input']} from token {d['first_differing_position']}"
-                                 for d in a['differing'][:8]) or '—']
-                      for name, a in p['agreement'].items()]
-    settings = '; '.join(f'{name}: ' + ', '.join(f'{k}={v}' for k, v in s.items())
-                         for name, s in p['hf_settings'].items())
-    paragraphs += [
-        f"## {task.label}: draft {config.drafts[p['draft']].label}, our γ = {p['gamma']}, "
-        f"{p['num_inputs']} inputs",
-        f'HF assistant settings tried: {settings}. Torch threads: {p["torch_threads"]}.',
-        markdown_table(['method', 'median ms per input', 'output tokens (all inputs)'], rows),
-        markdown_table(['outputs', 'identical', 'differences (first differing token)'],
-                  agreement_rows),
-        f"**HF at its best ({p['best_hf_assisted']}) takes "
-        f"{p['hf_best_over_ours_speculative']:.2f}x the time of our speculative decoding** "
-        f"(median of per-input ratios). HF's assisted generation is "
-        f"{p['hf_speedup_over_hf_greedy']:.2f}x its own greedy `generate`; ours is "
-        f"{p['ours_speedup_over_ours_autoregressive']:.2f}x our autoregressive decode; HF "
-        f"greedy takes {p['hf_greedy_over_ours_autoregressive']:.2f}x the time of ours."]
-  paragraphs += [_machine_line(peers), 'Made by:\n\n' + _commands(peers)]
-  return '\n\n'.join(p for p in paragraphs if p) + '\n'
-
 
 
 def _paper_figures() -> dict[str, Any]:
@@ -403,7 +345,7 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
     plots.plot_throughput(config, records, output_dir / 'throughput.png')
     written.append(output_dir / 'throughput.png')
   if peers:
-    write('peer_hf.md', peer_markdown(config, peers))
+    write('peer_hf.md', peer_report.peer_markdown(config, peers))
   write('projection_tpu.md', projection_markdown(projection, fixed))
   summary = _summary(config, store, records, peers, projection, skipped)
   write('sweep.json', json.dumps(summary, indent=1, sort_keys=True, allow_nan=True) + '\n')
