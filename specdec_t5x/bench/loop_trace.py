@@ -8,9 +8,9 @@ under `jax.profiler.trace` and attributes the XLA:CPU trace to the program:
   compiled program's text (`compiled_op_names`) maps to the JAX `op_name`,
   including the `jax.named_scope`s of `speculative_loop.iteration` (`PARTS`);
   a fusion without metadata takes its fused computation's;
-* the loop is the outermost `while` of the program (the one that took longest),
-  and an event counts as the loop's when it runs inside one of its intervals on
-  the same thread;
+* the loop is the outermost `while` of the program; a run of it lasts until
+  the last op of its body, and an event counts as the loop's when it starts
+  inside a run, on any thread (the decoders run one request at a time);
 * per iteration: the summed time of the ops in each part, how many ops ran, and
   the rest of the loop's wall time, which is the executor's per-op overhead
   between them (`gap_us`).
@@ -21,6 +21,7 @@ Shapes: one request is `[1, L]` token ids.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import glob
 import gzip
@@ -150,18 +151,19 @@ def module_name(hlo_text: str) -> str:
   return match.group(1)
 
 
-Intervals = dict[Any, list[tuple[float, float]]]  # thread id -> [(start, end)] in µs
+Intervals = list[tuple[float, float]]  # [(start, end)] in µs, one per run of the loop
 
 
 def _loop_intervals(events: Sequence[Mapping[str, Any]],
                     op_names: Mapping[str, str]) -> tuple[str, Intervals]:
-  """The program's outermost loop and the intervals it ran in, per thread.
+  """The program's outermost loop and the intervals it ran in.
 
   The outermost loop is the `while` whose op_name is least nested (then the
   one that took longest). A run of it lasts from its event's start to the end
-  of the last event of its body or condition before its next run: with sampling
-  the `while` event itself can end before its body does (XLA:CPU continues the
-  loop asynchronously), so its own duration would miss most of the loop.
+  of the last op of its body or condition, on any thread, before the program
+  goes on to an op outside the loop (or the next run starts): the `while`
+  event itself can end before its body does (XLA:CPU continues the loop
+  asynchronously; with sampling, on other threads and for most of the loop).
   """
   totals: collections.Counter = collections.Counter()
   for event in events:
@@ -172,16 +174,21 @@ def _loop_intervals(events: Sequence[Mapping[str, Any]],
   loop = min(totals, key=lambda name: (op_names[name].count('/while'), -totals[name]))
   inside = f'{op_names[loop]}/' if op_names[loop] else None
   runs = sorted((e for e in events if e['name'] == loop), key=lambda e: e['ts'])
-  ends = [run['ts'] + run['dur'] for run in runs]
-  starts = [run['ts'] for run in runs] + [float('inf')]
-  for event in events:
-    if inside and op_names.get(event['name'], '').startswith(inside):
-      index = int(np.searchsorted(starts, event['ts'], side='right')) - 1
-      if index >= 0:
-        ends[index] = max(ends[index], event['ts'] + event['dur'])
-  intervals: Intervals = collections.defaultdict(list)
-  for run, end in zip(runs, ends, strict=True):
-    intervals[run['tid']].append((run['ts'], end))
+  ops = sorted((e for e in events if op_names.get(e['name'])
+                and not e['name'].startswith(_CONTAINERS)), key=lambda e: e['ts'])
+  starts = [op['ts'] for op in ops]
+  intervals = []
+  for index, run in enumerate(runs):
+    end, limit = run['ts'] + run['dur'], (runs[index + 1]['ts'] if index + 1 < len(runs)
+                                          else float('inf'))
+    for op in ops[bisect.bisect_left(starts, run['ts']):]:
+      if op['ts'] >= limit:
+        break
+      if inside and op_names[op['name']].startswith(inside):
+        end = max(end, op['ts'] + op['dur'])
+      elif op['ts'] > run['ts'] + run['dur']:
+        break  # the program has gone on past its loop
+    intervals.append((run['ts'], end))
   return loop, intervals
 
 
@@ -204,7 +211,7 @@ def loop_breakdown(events: Sequence[Mapping[str, Any]], op_names: Mapping[str, s
   if module is not None:
     events = [e for e in events if e.get('args', {}).get('hlo_module') == module]
   loop, intervals = _loop_intervals(events, op_names)
-  loop_us = sum(end - start for spans in intervals.values() for start, end in spans)
+  loop_us = sum(end - start for start, end in intervals)
   by_part: collections.Counter = collections.Counter()
   by_op: collections.Counter = collections.Counter()
   count = 0
@@ -212,7 +219,7 @@ def loop_breakdown(events: Sequence[Mapping[str, Any]], op_names: Mapping[str, s
     name = event['name']
     if name not in op_names or name.startswith(_CONTAINERS):
       continue
-    if any(start <= event['ts'] <= end for start, end in intervals.get(event['tid'], ())):
+    if any(start <= event['ts'] <= end for start, end in intervals):
       part = part_of(op_names[name])
       by_part[part] += event['dur']
       by_op[(part, name, op_names[name])] += event['dur']
