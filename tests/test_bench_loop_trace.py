@@ -141,4 +141,3 @@ def test_trace_loops_rejects_requests_of_several_shapes(tiny_config, tmp_path):
     loop_trace.trace_loops(module, None, None, [np.ones((1, 8), np.int32),
                                                 np.ones((1, 16), np.int32)], tmp_path,
                            gamma=1, max_decode_len=4)
-

@@ -33,5 +33,5 @@ def machine_line(records: Sequence[Mapping[str, Any]]) -> str:
 
 def commands(records: Sequence[Mapping[str, Any]]) -> str:
   """The commands that measured `records`, indented as a Markdown code block."""
-  commands = sorted({r.get('command', '') for r in records if r.get('command')})
-  return '\n'.join(f'    {command}' for command in commands) or '    (not recorded)'
+  distinct = sorted({r['command'] for r in records if r.get('command')})
+  return '\n'.join(f'    {command}' for command in distinct) or '    (not recorded)'
