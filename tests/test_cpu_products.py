@@ -1,4 +1,5 @@
-"""`cpu_products.product`: x @ w for a few rows, each row bitwise that of a one-row call.
+"""`cpu_products.product`: x @ w for a few rows, each row bitwise that of a one-row call;
+`cpu_products.first_argmax` and `row_max`: the first maximum of each row, and its value.
 
 It is the product of every dense layer of a float32 decode call on CPU, so the
 network tests (test_network_kernels.py) and every decoding test run it too;
@@ -66,6 +67,13 @@ def test_bfloat16_weights_are_the_float32_product_of_the_same_numbers(rows, k, n
   assert not np.array_equal(_product(x, w16), _product(x, w))  # the rounding is real
 
 
+@pytest.mark.parametrize('rows,n', [(1, 8192), (3, 37)])
+def test_int8_weights_are_the_float32_product_of_their_integers(rows, n):
+  x, w = _operands(rows, 48, n, seed=rows)
+  w8 = jnp.clip(jnp.round(w * 300), -127, 127).astype(jnp.int8)
+  np.testing.assert_array_equal(_product(x, w8), _product(x, w8.astype(jnp.float32)))
+
+
 def test_head_product_is_one_product_per_batch_row_and_head():
   rng = np.random.default_rng(4)
   query = jnp.asarray(rng.normal(size=(2, 3, 5, 16)), jnp.float32)  # [b, h, q, d]
@@ -75,6 +83,42 @@ def test_head_product_is_one_product_per_batch_row_and_head():
                                             np.asarray(key, np.float64)), rtol=1e-5, atol=1e-5)
   # Each head's rows are those of its own one-row products.
   np.testing.assert_array_equal(got[1, 2, 3], np.asarray(_product(query[1, 2, 3:4], key[1, 2]))[0])
+
+
+# Rows shorter than one 64-float step, a tail after it, and a vocabulary; values in a few
+# levels so that most rows tie at their maximum (the first must win).
+@pytest.mark.parametrize('shape', [(1, 1), (4, 17), (3, 64), (5, 130), (2, 3, 1000), (3, 8192)])
+def test_first_argmax_is_numpys_argmax(shape):
+  rng = np.random.default_rng(shape[-1])
+  for levels in (2, 5, 1000):
+    x = rng.integers(-levels, levels, size=shape).astype(np.float32)
+    got = np.asarray(jax.jit(cpu_products.first_argmax)(x))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32 and got.shape == shape[:-1]
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (4, 17), (3, 64), (5, 130), (2, 3, 1000), (3, 8192)])
+def test_row_max_is_numpys_max(shape):
+  x = np.random.default_rng(shape[-1]).normal(size=shape).astype(np.float32)
+  got = np.asarray(jax.jit(cpu_products.row_max)(x))
+  np.testing.assert_array_equal(got, np.max(x, axis=-1))
+  assert got.dtype == np.float32 and got.shape == shape[:-1]
+  x = np.full((4, 140), -np.inf, np.float32)
+  x[1, 5], x[2, 20], x[3, [7, 130]] = 0.0, np.nan, [np.inf, np.nan]
+  np.testing.assert_array_equal(cpu_products.row_max(x), [-np.inf, 0.0, np.nan, np.nan])
+
+
+def test_first_argmax_of_infinities_nan_and_under_vmap():
+  x = np.full((4, 140), -np.inf, np.float32)
+  x[1, 5] = 0.0
+  x[2, [20, 139]] = np.nan  # a row with NaN gives its first NaN (in the vector part)
+  x[3, [7, 130]] = [np.inf, np.nan]  # ... or in the tail, whatever the maximum
+  np.testing.assert_array_equal(cpu_products.first_argmax(x), [0, 5, 20, 130])
+  batched = np.random.default_rng(0).normal(size=(3, 2, 70)).astype(np.float32)
+  np.testing.assert_array_equal(jax.vmap(cpu_products.first_argmax)(batched),
+                                np.argmax(batched, axis=-1))
+  with pytest.raises(ValueError, match='float32 x'):
+    cpu_products.first_argmax(jnp.ones((2, 3), jnp.bfloat16))
 
 
 def test_gradients_are_those_of_the_plain_product():
@@ -94,7 +138,7 @@ def test_bad_operands_are_clear_errors():
     cpu_products.product(x, w.T)
   with pytest.raises(ValueError, match=r'got \(1, 2, 8\) and \(2, 8, 16\)'):
     cpu_products.product(x[None], jnp.stack([w, w]))
-  with pytest.raises(ValueError, match='float32 x and float32 or bfloat16 w, got bfloat16 and'):
+  with pytest.raises(ValueError, match='float32 x and float32, bfloat16 or int8 w, got bfloat16'):
     cpu_products.product(x.astype(jnp.bfloat16), w)
   with pytest.raises(ValueError, match='got float32 and float16'):
     cpu_products.product(x, w.astype(jnp.float16))

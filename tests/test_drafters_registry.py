@@ -90,6 +90,16 @@ def test_model_kind_stores_its_logits_layer_in_the_given_dtype():
   low = [jax.tree_util.keystr(path) for path, dtype in kernels.items() if dtype != np.float32]
   assert low == ["['decoder']['logits_dense']['kernel']"]
   assert drafts['perturbed']['decoder']['logits_dense']['kernel'].dtype == np.float32
+  # int8: each input row of the kernel scaled into [-127, 127], its scale moved into the
+  # norm before it, so the layer's logits are nearly the float32 ones.
+  int8 = build(spec(logits_dtype='int8'), load_model=load_model).params
+  kernel = int8['decoder']['logits_dense']['kernel']
+  assert kernel.dtype == np.int8 and int(np.max(np.abs(kernel), axis=1).min()) == 127
+  float32 = drafts['perturbed']['decoder']
+  np.testing.assert_allclose(
+      np.asarray(kernel, np.float32) * int8['decoder']['decoder_norm']['scale'][:, None],
+      np.asarray(float32['logits_dense']['kernel']) * float32['decoder_norm']['scale'][:, None],
+      atol=float(np.abs(float32['logits_dense']['kernel']).max()) / 127)
   with pytest.raises(ValueError, match='logits_dtype must be one of'):
     build(spec(logits_dtype='float16'), load_model=load_model)
   with pytest.raises(ValueError, match=r"unknown options \['smoothing'\]"):

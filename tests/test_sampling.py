@@ -60,16 +60,35 @@ def test_sample_follows_probabilities():
   assert counts[2] == 0
 
 
-def test_first_argmax_is_the_first_maximum_like_numpy():
+@pytest.mark.parametrize('cpu_kernel', [True, False])
+def test_first_argmax_is_the_first_maximum_like_numpy(cpu_kernel, monkeypatch):
+  if not cpu_kernel:  # XLA's reductions, as on GPU/TPU or without a C++ compiler
+    monkeypatch.setattr(sampling.cpu_products, 'available', lambda: False)
+  elif not (jax.default_backend() == 'cpu' and sampling.cpu_products.available()):
+    pytest.skip('the C++ argmax runs on CPU with a C++ compiler only')
   rng = np.random.default_rng(3)
   logits = rng.integers(0, 4, size=(50, 3, 17)).astype(np.float32)  # many exact ties
   got = np.asarray(sampling.first_argmax(logits))
   np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
   assert got.dtype == np.int32
+  wide = rng.integers(0, 9, size=(6, 8192)).astype(np.float32)  # a vocabulary's worth
+  np.testing.assert_array_equal(jax.jit(sampling.first_argmax)(wide), np.argmax(wide, axis=-1))
   infinite = np.array([[1.0, np.inf, 5.0, np.inf], [-np.inf, -np.inf, -np.inf, -np.inf]],
                       np.float32)
   # As jnp.argmax: the first +inf wins; a row of -inf gives index 0.
   np.testing.assert_array_equal(sampling.first_argmax(infinite), [1, 0])
+
+
+@pytest.mark.parametrize('cpu_kernel', [True, False])
+def test_softmax_is_jax_softmax(cpu_kernel, monkeypatch):
+  if not cpu_kernel:
+    monkeypatch.setattr(sampling.cpu_products, 'available', lambda: False)
+  logits = np.random.default_rng(4).normal(scale=5, size=(3, 2, 8192)).astype(np.float32)
+  logits[0, 0, :4000] = -np.inf  # top-k / top-p leave -inf behind
+  got = np.asarray(jax.jit(sampling.softmax)(logits))
+  np.testing.assert_allclose(got, jax.nn.softmax(logits, axis=-1), rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+  assert (got[0, 0, :4000] == 0).all()
 
 
 def test_greedy_sample_and_probabilities_use_the_first_maximum():

@@ -122,9 +122,10 @@ def test_speculative_sampling_matches_target_law(settings):
   assert chi_square_pvalue(samples, exact_law(settings)) > SIGNIFICANCE
 
 
-def test_bfloat16_logits_draft_sampling_matches_target_law():
-  """A draft whose logits layer is stored in bfloat16 (`drafters.with_logits_dtype`)."""
-  samples, out = speculative_samples(SETTINGS[0], seed=1, logits_dtype='bfloat16')
+@pytest.mark.parametrize('logits_dtype', ['bfloat16', 'int8'])
+def test_low_precision_logits_draft_sampling_matches_target_law(logits_dtype):
+  """A draft whose logits layer is stored in bfloat16 or int8 (`drafters.with_logits_dtype`)."""
+  samples, out = speculative_samples(SETTINGS[0], seed=1, logits_dtype=logits_dtype)
   assert 0.05 < float(np.mean(out.beta_mean)) < 0.95
   assert chi_square_pvalue(samples, exact_law(SETTINGS[0])) > SIGNIFICANCE
 
@@ -163,8 +164,10 @@ decoding_verify = acceptance.verify_draft
 
 @pytest.mark.parametrize('settings,auto,logits_dtype,seed', [
     (SETTINGS[0], False, 'float32', 0), (SETTINGS[1], False, 'float32', 0),
-    (SETTINGS[0], True, 'float32', 2), (SETTINGS[0], False, 'bfloat16', 1)],
-    ids=['temperature1', 'temperature0.7', 'auto-temperature1', 'bf16-logits-temperature1'])
+    (SETTINGS[0], True, 'float32', 2), (SETTINGS[0], False, 'bfloat16', 1),
+    (SETTINGS[0], False, 'int8', 1)],
+    ids=['temperature1', 'temperature0.7', 'auto-temperature1', 'bf16-logits-temperature1',
+         'int8-logits-temperature1'])
 def test_wrong_sampler_is_rejected(settings, auto, logits_dtype, seed, monkeypatch):
   """Negative control: the same test at the same level must catch a wrong residual."""
   monkeypatch.setattr(acceptance, 'verify_draft', wrong_verify_draft)

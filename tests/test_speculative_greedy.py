@@ -16,13 +16,14 @@ MAX_LEN = 23  # not a multiple of γ+1 for any γ tested
 @functools.cache
 def models():
   """Target, and drafts: unrelated (α≈0), the target itself (α=1), a perturbed copy (also with
-  its logits layer in bfloat16)."""
+  its logits layer in bfloat16 and in int8)."""
   config = network.config_from_preset('test_tiny')
   module = network.Transformer(config)
   target = init_params(config, seed=0)
   perturbed = perturb(target, 0.4, seed=2)
   drafts = {'unrelated': init_params(config, seed=1), 'self': target, 'perturbed': perturbed,
-            'perturbed_bf16_logits': drafters.with_logits_dtype(perturbed, 'bfloat16')}
+            'perturbed_bf16_logits': drafters.with_logits_dtype(perturbed, 'bfloat16'),
+            'perturbed_int8_logits': drafters.with_logits_dtype(perturbed, 'int8')}
   return module, target, drafts
 
 
@@ -59,9 +60,10 @@ def test_greedy_equals_autoregressive(batch, gamma, draft):
 
 @pytest.mark.parametrize('gamma', [2, 7])
 @pytest.mark.parametrize('batch', [1, 8])
-def test_greedy_with_a_bfloat16_logits_draft_equals_autoregressive(batch, gamma):
-  """A draft whose logits layer is stored in bfloat16 (`drafters.with_logits_dtype`)."""
-  expected, got = decode_both(batch, gamma, 'perturbed_bf16_logits')
+@pytest.mark.parametrize('dtype', ['bf16', 'int8'])
+def test_greedy_with_a_low_precision_logits_draft_equals_autoregressive(dtype, batch, gamma):
+  """A draft whose logits layer is stored in bfloat16 or int8 (`drafters.with_logits_dtype`)."""
+  expected, got = decode_both(batch, gamma, f'perturbed_{dtype}_logits')
   assert_same(expected, got)
   assert int(np.sum(got.accepted)) > 0  # drafts were accepted: whole blocks were verified
 

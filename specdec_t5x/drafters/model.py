@@ -22,7 +22,7 @@ CATCH_UP_POSITIONS = 8
 
 
 # What a draft's logits layer may be stored in (`with_logits_dtype`).
-LOGITS_DTYPES = ('float32', 'bfloat16')
+LOGITS_DTYPES = ('float32', 'bfloat16', 'int8')
 
 
 def with_logits_dtype(params: Any, dtype: str) -> Any:
@@ -31,8 +31,12 @@ def with_logits_dtype(params: Any, dtype: str) -> Any:
   The logits layer is most of what a small draft's decode call reads
   (`cpu_small`: 1.5 of its 1.7 MB per call), and the call is memory-bound on CPU;
   in bfloat16 the row product (`network.cpu_products`) streams half the bytes
-  and widens each weight exactly to float32. The rounding changes only what
-  the draft proposes, never what the target accepts: the output stays exact.
+  and widens each weight exactly to float32. In int8 it streams a quarter:
+  row i of the kernel [embed, vocab] becomes round(w / s_i) with s_i its
+  largest magnitude / 127, and s_i moves into the scale of the norm before it
+  (`decoder/decoder_norm/scale`), whose output is the layer's input, so the
+  logits are those of the rounded weights. The rounding changes only what the
+  draft proposes, never what the target accepts: the output stays exact.
 
   Raises:
     ValueError: a dtype not in `LOGITS_DTYPES`, or a draft without a separate
@@ -45,7 +49,15 @@ def with_logits_dtype(params: Any, dtype: str) -> Any:
     raise ValueError('logits_dtype needs a draft with its own logits layer '
                      '(decoder/logits_dense); this one ties it to the embedding')
   layer = dict(decoder['logits_dense'])
-  layer['kernel'] = jnp.asarray(layer['kernel'], jnp.dtype(dtype))
+  if dtype == 'int8':
+    kernel = jnp.asarray(layer['kernel'], jnp.float32)  # [embed, vocab]
+    row_scale = jnp.maximum(jnp.max(jnp.abs(kernel), axis=1), 1e-30) / 127.0  # [embed]
+    layer['kernel'] = jnp.round(kernel / row_scale[:, None]).astype(jnp.int8)
+    norm = dict(decoder['decoder_norm'])
+    norm['scale'] = jnp.asarray(norm['scale'], jnp.float32) * row_scale
+    decoder['decoder_norm'] = norm
+  else:
+    layer['kernel'] = jnp.asarray(layer['kernel'], jnp.dtype(dtype))
   decoder['logits_dense'] = layer
   return dict(params, decoder=decoder)
 

@@ -7,7 +7,7 @@ build through `build_drafter`. Kinds (`BUILDERS`):
 * `model`: `path` is a T5X checkpoint of the draft, `config` its `T5Config`
   (None: the `model` entry of the `train_config.json` training wrote beside
   it). Loaded by `load_model(path, config) -> (module, params)`, by default
-  `load_checkpoint`; option `logits_dtype` ('float32' or 'bfloat16') stores
+  `load_checkpoint`; option `logits_dtype` ('float32', 'bfloat16' or 'int8') stores
   its logits layer so (`model.with_logits_dtype`).
 * `unigram`, `bigram`: `path` is an n-gram counts file (`ngram.save_counts`);
   option `smoothing`, the add-k (default `ngram.DEFAULT_SMOOTHING`).

@@ -7,7 +7,9 @@ scoring γ+1 positions cost 1.3-2x one target step here
 (results/scoring_cost.md). `product` runs `x [M, K] @ w [K, N]` as an XLA
 FFI custom call (`cpu_products.cc`) that streams `w` once for up to 8 rows,
 so such a call costs about what one row does; the logits layer is split
-across two threads of XLA's pool.
+across two threads of XLA's pool. `first_argmax` and `row_max` reduce rows of
+logits (greedy decoding's token; the maximum a softmax subtracts), which XLA:CPU
+reduces at 0.4-1.5 G elements/s.
 
 Each element is summed in the same order whatever the number of rows, so a
 row's result is bitwise that of a one-row call (`tests/test_cpu_products.py`).
@@ -46,6 +48,10 @@ SOURCE = pathlib.Path(__file__).with_name('cpu_products.cc')
 TARGET_NAME = 'specdec_row_product'
 # The same product with bfloat16 weights, widened exactly to float32 in the kernel.
 BF16_TARGET_NAME = 'specdec_row_product_bf16'
+# ... and with int8 weights, each the float of its integer (a draft's scaled logits layer).
+S8_TARGET_NAME = 'specdec_row_product_s8'
+ARGMAX_TARGET_NAME = 'specdec_row_argmax'
+MAX_TARGET_NAME = 'specdec_row_max'
 # Weights from this size on are streamed by two threads (the logits layer; a
 # cpu_target layer of 0.8 MB is faster on one: the hand-off costs ~10 us).
 SPLIT_BYTES = 2 << 20
@@ -108,6 +114,12 @@ def available() -> bool:
                                 platform='cpu')
     jax.ffi.register_ffi_target(BF16_TARGET_NAME,
                                 jax.ffi.pycapsule(library.SpecdecRowProductBf16), platform='cpu')
+    jax.ffi.register_ffi_target(S8_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowProductS8),
+                                platform='cpu')
+    jax.ffi.register_ffi_target(ARGMAX_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowArgmax),
+                                platform='cpu')
+    jax.ffi.register_ffi_target(MAX_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowMax),
+                                platform='cpu')
   except (RuntimeError, OSError, subprocess.SubprocessError) as e:
     warnings.warn(f'specdec_t5x.network.cpu_products is unavailable, so decode calls on CPU '
                   f'use XLA\'s own products (slower for a few rows): {e}', RuntimeWarning,
@@ -119,8 +131,8 @@ def available() -> bool:
 def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
   """`x [M, K] @ w [K, N]` in float32, streaming `w` once per 8 rows (CPU only).
 
-  `w` may be bfloat16: each weight is widened exactly to float32 as it is
-  read, so only the weights' bytes halve (a draft's logits layer,
+  `w` may be bfloat16 or int8: each weight is widened exactly to float32 as
+  it is read, so only the weights' bytes shrink (a draft's logits layer,
   `drafters.model.with_logits_dtype`).
 
   With a leading batch axis, `x [B, M, K]` and `w [B, K, N]`, one such
@@ -132,15 +144,20 @@ def product(x: Array, w: Array, *, split_bytes: int = SPLIT_BYTES) -> Array:
   if not (batched or (x.ndim == 2 and w.ndim == 2)) or x.shape[-1] != w.shape[-2]:
     raise ValueError(f'cpu_products.product takes x [M, K] and w [K, N], or x [B, M, K] and '
                      f'w [B, K, N], got {x.shape} and {w.shape}')
-  if x.dtype != jnp.float32 or w.dtype not in (jnp.float32, jnp.bfloat16):
-    raise ValueError(f'cpu_products.product takes float32 x and float32 or bfloat16 w, got '
-                     f'{x.dtype} and {w.dtype}')
+  if x.dtype != jnp.float32 or w.dtype not in _TARGETS:
+    raise ValueError(f'cpu_products.product takes float32 x and float32, bfloat16 or int8 w, '
+                     f'got {x.dtype} and {w.dtype}')
   return _row_product(x, w, split_bytes)
+
+
+# The kernel for each weight dtype.
+_TARGETS = {jnp.dtype(jnp.float32): TARGET_NAME, jnp.dtype(jnp.bfloat16): BF16_TARGET_NAME,
+            jnp.dtype(jnp.int8): S8_TARGET_NAME}
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _row_product(x: Array, w: Array, split_bytes: int) -> Array:
-  name = BF16_TARGET_NAME if w.dtype == jnp.bfloat16 else TARGET_NAME
+  name = _TARGETS[w.dtype]
   call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(x.shape[:-1] + w.shape[-1:], jnp.float32),
                           vmap_method='sequential')
   return call(x, w, split_bytes=np.int64(split_bytes))
@@ -156,3 +173,31 @@ def head_product(x: Array, w: Array) -> Array:
   """`x [b, h, m, k] @ w [b, h, k, n]` per batch row and head (attention over the cache)."""
   (b, h, m, k), n = x.shape, w.shape[-1]
   return product(x.reshape(b * h, m, k), w.reshape(b * h, k, n)).reshape(b, h, m, n)
+
+
+def _row_reduction(target_name: str, x: Array, dtype: jnp.dtype) -> Array:
+  if x.dtype != jnp.float32 or x.ndim < 1 or x.shape[-1] < 1:
+    raise ValueError(f'cpu_products.{target_name.removeprefix("specdec_")} takes float32 '
+                     f'x [..., V] with V >= 1, got {x.dtype} {x.shape}')
+  call = jax.ffi.ffi_call(target_name, jax.ShapeDtypeStruct(x.shape[:-1], dtype),
+                          vmap_method='broadcast_all')
+  return call(jax.lax.stop_gradient(x))
+
+
+def first_argmax(x: Array) -> Array:
+  """The first index of the maximum of each row of float32 `x [..., V]`, int32 `[...]` (CPU only).
+
+  `jnp.argmax`'s index, from one vectorised pass over each row (a row with NaN
+  gives its first NaN); no derivative (the index is piecewise constant). Call
+  `available()` first.
+  """
+  return _row_reduction(ARGMAX_TARGET_NAME, x, jnp.int32)
+
+
+def row_max(x: Array) -> Array:
+  """`jnp.max(x, -1)` of float32 `x [..., V]`, `[...]`, NaN where a row holds one (CPU only).
+
+  One vectorised pass over each row; no derivative (a softmax subtracts it
+  under `stop_gradient`). Call `available()` first.
+  """
+  return _row_reduction(MAX_TARGET_NAME, x, jnp.float32)

@@ -60,9 +60,9 @@ class DenseGeneral(nn.Module):
     if axis == tuple(range(len(batch_shape), inputs.ndim)):  # trailing axes: rows x kernel
       flat = jnp.reshape(inputs, (rows, kernel_param_shape[0]))
       if kernels.dense_uses_cpu_products(rows, self.dtype, self.decode_kernels):
-        # A bfloat16 kernel (a draft's logits, `drafters.model.with_logits_dtype`) is
-        # streamed as it is stored: widening it here would read it twice.
-        weights = stored if stored.dtype == jnp.bfloat16 else kernel
+        # A bfloat16 or int8 kernel (a draft's logits, `drafters.model.with_logits_dtype`)
+        # is streamed as it is stored: widening it here would read it twice.
+        weights = stored if stored.dtype in (jnp.bfloat16, jnp.int8) else kernel
         return jnp.reshape(cpu_products.product(flat, weights), batch_shape + features)
       if kernels.dense_uses_matvecs(rows, positions, kernel.nbytes, self.decode_kernels):
         return jnp.reshape(kernels.matvecs('i,io->o', flat, kernel, axis=0),
