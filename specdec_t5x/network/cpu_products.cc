@@ -29,6 +29,10 @@
 #include <cstring>
 #include <memory>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -48,18 +52,36 @@ typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 inline v16 LoadWeights(const float* p) { return Load(p); }
 inline v16 LoadWeights(const uint16_t* p) {
+  v16 v;
+#if defined(__AVX512F__)  // GCC's conversion below runs ~1.5x slower on AVX-512
+  const __m512i bits = _mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+#else
   u16x16 half;
   std::memcpy(&half, p, sizeof half);
   const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
-  v16 v;
+#endif
   std::memcpy(&v, &bits, sizeof v);
   return v;
 }
-typedef int8_t i8x16 __attribute__((vector_size(16)));
+// int8 weights as floats. GCC turns a vector conversion from 16 bytes into scalar code (a
+// [48, 8192] product 17x slower than in float32), so it is spelt out for AVX-512 and AVX2.
 inline v16 LoadWeights(const int8_t* p) {
-  i8x16 narrow;
-  std::memcpy(&narrow, p, sizeof narrow);
-  return __builtin_convertvector(narrow, v16);
+  v16 v;
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  std::memcpy(&v, &f, sizeof v);
+#elif defined(__AVX2__)
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+  std::memcpy(&v, &lo, sizeof lo);
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof lo, &hi, sizeof hi);
+#else
+  for (int l = 0; l < 16; ++l) v[l] = static_cast<float>(p[l]);
+#endif
+  return v;
 }
 inline float Weight(float w) { return w; }
 inline float Weight(int8_t w) { return static_cast<float>(w); }
