@@ -282,71 +282,40 @@ int32_t FirstArgmax(const float* row, int64_t V) {
   return static_cast<int32_t>(found);
 }
 
-ffi::Error RowArgmax(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> index) {
+// The maximum of each row, NaN if the row holds one (XLA's max): what a softmax subtracts
+// (sampling.probabilities), whose max XLA:CPU takes ~20 us over 8192 logits. The value at the
+// first argmax is the maximum, or the row's first NaN.
+float RowMaxOf(const float* row, int64_t V) { return row[FirstArgmax(row, V)]; }
+
+// One reduction per row of x [..., V]: out [...].
+template <ffi::DataType Out, ffi::NativeType<Out> (*Reduce)(const float*, int64_t)>
+ffi::Error RowReduction(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<Out> out) {
   const auto dims = x.dimensions();
   if (dims.size() < 1 || dims.back() < 1)
-    return ffi::Error::InvalidArgument("cpu_products: row argmax expects x [..., V], V >= 1");
+    return ffi::Error::InvalidArgument("cpu_products: a row reduction expects x [..., V], V >= 1");
   const int64_t V = dims.back(), R = x.element_count() / V;
-  for (int64_t r = 0; r < R; ++r) index->typed_data()[r] = FirstArgmax(x.typed_data() + r * V, V);
+  for (int64_t r = 0; r < R; ++r) out->typed_data()[r] = Reduce(x.typed_data() + r * V, V);
   return ffi::Error::Success();
 }
 
-// The maximum of each row, x [R, V] -> [R] (NaN if the row holds one, as XLA's max): what a
-// softmax subtracts (sampling.probabilities). XLA:CPU's max over a row of 8192 logits costs
-// ~20 us here, more than the rest of the softmax; this is one pass, four sets of 16 lanes.
-float RowMaxOf(const float* row, int64_t V) {
-  const int64_t vector_end = V / (16 * kSets) * (16 * kSets);
-  float best = row[0];
-  bool has_nan = false;
-  if (vector_end) {
-    v16 lanes[kSets];
-    i32x16 nan_lanes = {};
-    for (int s = 0; s < kSets; ++s) lanes[s] = Load(row + 16 * s);
-    for (int64_t n = 0; n < vector_end; n += 16 * kSets)
-      for (int s = 0; s < kSets; ++s) {
-        const v16 v = Load(row + n + 16 * s);
-        lanes[s] = v > lanes[s] ? v : lanes[s];
-        nan_lanes |= v != v;
-      }
-    for (int s = 0; s < kSets; ++s)
-      for (int l = 0; l < 16; ++l) {
-        has_nan |= nan_lanes[l] != 0;
-        best = lanes[s][l] > best ? lanes[s][l] : best;
-      }
-  }
-  for (int64_t n = vector_end; n < V; ++n) {
-    has_nan |= row[n] != row[n];
-    best = row[n] > best ? row[n] : best;
-  }
-  return has_nan || best != best ? __builtin_nanf("") : best;
-}
-
-ffi::Error RowMax(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> row_max) {
-  const auto dims = x.dimensions();
-  if (dims.size() < 1 || dims.back() < 1)
-    return ffi::Error::InvalidArgument("cpu_products: row max expects x [..., V], V >= 1");
-  const int64_t V = dims.back(), R = x.element_count() / V;
-  for (int64_t r = 0; r < R; ++r) row_max->typed_data()[r] = RowMaxOf(x.typed_data() + r * V, V);
-  return ffi::Error::Success();
-}
+constexpr auto RowArgmax = RowReduction<ffi::S32, FirstArgmax>;
+constexpr auto RowMax = RowReduction<ffi::F32, RowMaxOf>;
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProduct, RowProduct<ffi::F32>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("split_bytes"));
+// y = x @ w for float32, bfloat16 and int8 weights w.
+#define SPECDEC_ROW_PRODUCT(name, WType)                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, RowProduct<WType>,                \
+                                ffi::Ffi::Bind()                        \
+                                    .Ctx<ffi::ThreadPool>()             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()       \
+                                    .Arg<ffi::Buffer<WType>>()          \
+                                    .Ret<ffi::Buffer<ffi::F32>>()       \
+                                    .Attr<int64_t>("split_bytes"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProductBf16, RowProduct<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("split_bytes"));
+SPECDEC_ROW_PRODUCT(SpecdecRowProduct, ffi::F32)
+SPECDEC_ROW_PRODUCT(SpecdecRowProductBf16, ffi::BF16)
+SPECDEC_ROW_PRODUCT(SpecdecRowProductS8, ffi::S8)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowArgmax, RowArgmax,
                               ffi::Ffi::Bind()
@@ -357,11 +326,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowMax, RowMax,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecdecRowProductS8, RowProduct<ffi::S8>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("split_bytes"));
