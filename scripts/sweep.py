@@ -11,7 +11,9 @@ and sections:
               median speedup, and the theory's prediction from those measured numbers;
   throughput  tokens/s of both decoders over batch sizes;
   peer_hf     Hugging Face generate(assistant_model=...) on the same weights, greedy, against
-              our speculative decoding at the grid's best gamma.
+              our speculative decoding at the grid's best gamma;
+  confirm     each (task, draft, temperature, batch) group's fastest grid cell measured again,
+              "confirm": {"repeats": N} times: the fastest of several noisy gammas reads high.
 
 Every finished cell is appended to a JSONL store (default $SPECDEC_CACHE_DIR/sweeps/<name>.jsonl)
 keyed by the cell and a fingerprint of its settings and checkpoints: kill the run and start it
@@ -64,11 +66,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            'default $SPECDEC_CACHE_DIR/sweeps/<config name>.jsonl')
   parser.add_argument('--sections', default=','.join(sweep.SECTIONS),
                       help='comma-separated sections to run, of: ' + ', '.join(sweep.SECTIONS)
-                           + ' (the peer runs last: its gamma is the grid\'s best)')
+                           + ' (confirm and the peer run last: confirm measures each group\'s '
+                           'fastest grid cell again, confirm.repeats times; the peer runs at the '
+                           'grid\'s best gamma)')
   parser.add_argument('--only', action='append', default=None, metavar='GLOB',
                       help='run only cells whose key matches this fnmatch pattern, e.g. '
                            '"grid/ende/*/T0/*" (keys: section/task/draft/T<temp>/g<gamma>/b'
-                           '<batch>, peer_hf/task/draft); repeat for several patterns')
+                           '<batch>, confirm/.../b<batch>/r<repeat>, peer_hf/task/draft); repeat '
+                           'for several patterns')
   parser.add_argument('--max-cells', type=int, default=None,
                       help='stop after measuring this many new cells (a time box; rerun to '
                            'continue)')

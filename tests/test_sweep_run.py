@@ -68,7 +68,12 @@ def test_resume_keeps_finished_cells_and_measures_each_once(sweep_run):
   assert len(sweep_run['after_first']) == 2
   assert len(sweep_run['after_crash']) == 3  # the crashing cell was stored first
   assert damaged == 1  # the half-written line, skipped and closed off
-  assert sorted(keys) == sorted(sweep_run['all_keys'])
+  again = sorted(k for k in keys if k.startswith('confirm/'))
+  assert sorted(set(keys) - set(again)) == sorted(sweep_run['all_keys'])
+  # Confirm cells are planned once grid cells exist: each group's fastest γ, once (repeats 1).
+  config, store = sweep_run['config'], sweep_run['store']
+  assert again == sorted(item.key for item in sweep.plan(config, store, ('confirm',)))
+  assert len(again) == 4 and all(k.endswith('/r1') for k in again)
   assert len(keys) == len(set(keys)), 'a cell was measured twice'
   # The resumed runs appended; the records written before the interruptions are unchanged.
   assert records[:3] == sweep_run['after_crash']
@@ -168,6 +173,7 @@ def test_report_files_and_tables_are_well_formed(sweep_run):
     assert len(row) == len(head)
     assert int(row[3]) in (1, 2)
     assert re.fullmatch(r'\d+\.\d\dx', row[head.index('Speed')])
+    assert re.fullmatch(r'\d+\.\d\dx', row[head.index('Speed, measured again')])  # 1 repeat
   paper_speed = {(row[1].split()[0], row[2]): row[head.index('Paper speed')] for row in rows}
   assert paper_speed[('small', '0')] == '3.4x' and paper_speed[('large', '1')] == '1.4x'
   kinds, goals = tables[1], tables[2:4]
@@ -221,8 +227,9 @@ def test_cli_dry_run_lists_cells_and_help_explains_options(sweep_run, tmp_path):
                           str(sweep_run['store'].path), '--dry-run')
   assert dry_run.returncode == 0, dry_run.stderr
   out = dry_run.stdout
-  assert f"{len(sweep_run['all_keys'])} cells: {len(sweep_run['all_keys'])} done" in out
-  assert 'done   grid/ende/small/T0/g1/b1' in out
+  cells = len(sweep_run['all_keys']) + 4  # and the confirm cells, planned from the grid
+  assert f"{cells} cells: {cells} done" in out
+  assert 'done   grid/ende/small/T0/g1/b1' in out and 'done   confirm/ende/small/T0/' in out
   shown = _sweep_script('--help')
   assert shown.returncode == 0, shown.stderr
   for option in ('--config', '--output-dir', '--store', '--sections', '--only', '--max-cells',

@@ -1,7 +1,8 @@
-"""The append-only store and the plan: done, todo and stale cells, and the peer's γ."""
+"""The append-only store and the plan: done, todo and stale cells, the peer's γ, confirm cells."""
 
 import json
 
+import pytest
 from sweep_miniature import MINIATURE_CONFIG
 
 from specdec_t5x import sweep
@@ -54,3 +55,34 @@ def test_plan_marks_done_todo_stale_and_picks_the_peers_gamma(tmp_path):
   only = sweep.plan(config, store, ('grid',), patterns=['grid/*/large/T0/*'])
   assert [item.status for item in only] == ['done', 'done', 'todo']  # the last is gauto2
   assert json.loads(store.path.read_text().splitlines()[0])['speedup'] == 1.5
+
+
+def test_confirm_measures_each_groups_fastest_grid_cell_again(tmp_path):
+  config = sweep.load_config(MINIATURE_CONFIG)
+  assert config.confirm_repeats == 1
+  store = sweep.CellStore(tmp_path / 'cells.jsonl')
+  assert [item for item in sweep.plan(config, store, ('confirm',))] == []  # no grid yet
+  by_key = {cell.key: cell for cell in sweep.enumerate_cells(config)}
+  for key, speedup in [('grid/ende/large/T0/g1/b1', 1.1), ('grid/ende/large/T0/g2/b1', 1.4),
+                       ('grid/ende/large/T0/gauto2/b1', 2.0), ('grid/ende/small/T1/g1/b1', 0.9)]:
+    store.append(_stored(config, by_key[key], speedup=speedup))
+  items = sweep.plan(config, store, ('confirm',))
+  # The fastest fixed γ of each group (auto is not a γ to confirm), as todo cells.
+  assert sorted((i.key, i.status) for i in items) == [('confirm/ende/large/T0/g2/b1/r1', 'todo'),
+                                                       ('confirm/ende/small/T1/g1/b1/r1', 'todo')]
+  again = next(i.cell for i in items if i.cell.draft == 'large')
+  assert (again.gamma, again.repeat, again.section) == (2, 1, 'confirm')
+  # Grid cells keep the fingerprints they had before confirm cells existed.
+  assert 'repeat' not in by_key['grid/ende/large/T0/g1/b1'].fingerprint_fields()
+  store.append(_stored(config, again, speedup=1.2))
+  assert [r['speedup'] for r in sweep.current_confirm_records(config, store)] == [1.2]
+  assert sorted((i.cell.draft, i.status) for i in sweep.plan(config, store, ('confirm',))) == [
+      ('large', 'done'), ('small', 'todo')]
+  for bad, message in [({'repeats': -1}, 'confirm.repeats must be an integer >= 1'),
+                       ({'times': 2}, "confirm is missing \\['repeats'\\]")]:
+    with pytest.raises(ValueError, match=message):
+      sweep.config_from_dict({**config.raw, 'confirm': bad})
+  with_repeats = sweep.config_from_dict({**config.raw, 'confirm': {'repeats': 2}})
+  keys = [c.key for c in sweep.confirm_cells(with_repeats, sweep.current_records(config, store))]
+  assert sorted(keys) == ['confirm/ende/large/T0/g2/b1/r1', 'confirm/ende/large/T0/g2/b1/r2',
+                          'confirm/ende/small/T1/g1/b1/r1', 'confirm/ende/small/T1/g1/b1/r2']

@@ -27,7 +27,10 @@ AUTO_METHOD = 4
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One measurement of the grid or throughput section."""
+  """One measurement of the grid, throughput or confirm section.
+
+  A confirm cell is a grid cell measured again: `repeat` 1, 2, ... (0 elsewhere).
+  """
 
   section: str
   task: str
@@ -37,6 +40,7 @@ class Cell:
   batch: int
   num_inputs: int
   max_gamma: int | None = None
+  repeat: int = 0
 
   @property
   def is_auto(self) -> bool:
@@ -45,10 +49,14 @@ class Cell:
   @property
   def key(self) -> str:
     gamma = f'auto{self.max_gamma}' if self.is_auto else self.gamma
-    return f'{self.section}/{self.task}/{self.draft}/T{self.temperature:g}/g{gamma}/b{self.batch}'
+    repeat = f'/r{self.repeat}' if self.repeat else ''
+    return (f'{self.section}/{self.task}/{self.draft}/T{self.temperature:g}/g{gamma}/b{self.batch}'
+            f'{repeat}')
 
   def fingerprint_fields(self) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
+    if not fields['repeat']:  # cells other than confirm's keep the fingerprints they had
+      del fields['repeat']
     if fields['max_gamma'] is None:  # fixed-γ cells keep the fingerprints they had
       del fields['max_gamma']
     else:

@@ -18,7 +18,7 @@ from specdec_t5x import network, paths
 from specdec_t5x import sampling as sampling_lib
 from specdec_t5x.drafters import registry
 
-SECTIONS = ('grid', 'throughput', 'peer_hf')
+SECTIONS = ('grid', 'throughput', 'peer_hf', 'confirm')
 EOS_ID = 1
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +156,9 @@ class SweepConfig:
   peer_hf: PeerSpec | None
   timing: TimingSpec
   seed: int = 0
+  # Times each group's fastest grid cell is measured again (section 'confirm'): the
+  # fastest of several noisy γ reads high, a second measurement does not.
+  confirm_repeats: int = 0
   top_k: int = 0
   top_p: float = 1.0
   config_dir: str = '.'
@@ -322,7 +325,8 @@ def config_from_dict(raw: Mapping[str, Any], config_dir: str | os.PathLike = '.'
   """
   builders = registry.BUILDERS if builders is None else builders
   _check_keys('sweep config', raw, ['name', 'models', 'target', 'tasks', 'drafts'],
-              ['description', 'seed', 'sampling', 'grid', 'throughput', 'peer_hf', 'timing'])
+              ['description', 'seed', 'sampling', 'grid', 'throughput', 'peer_hf', 'timing',
+               'confirm'])
   if not all(isinstance(raw[k], Mapping) and raw[k] for k in ('models', 'tasks', 'drafts')):
     raise ValueError('models, tasks and drafts must be non-empty JSON objects keyed by name')
   models = {name: _parse_model(name, spec) for name, spec in raw['models'].items()}
@@ -348,13 +352,19 @@ def config_from_dict(raw: Mapping[str, Any], config_dir: str | os.PathLike = '.'
   seed = raw.get('seed', 0)
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
     raise ValueError(f'seed must be an integer >= 0, got {seed!r}')
+  confirm = raw.get('confirm', {'repeats': 0})
+  _check_keys('confirm', confirm, ['repeats'], [])
+  if confirm['repeats'] and not sections.get('grid'):
+    raise ValueError('confirm re-measures grid cells: the config needs a grid section')
   return SweepConfig(
       name=str(raw['name']), description=str(raw.get('description', '')), models=models,
       target=raw['target'], tasks=tasks, drafts=drafts_, grid=sections.get('grid'),
       throughput=sections.get('throughput'),
       peer_hf=(_parse_peer(raw['peer_hf'], tasks, drafts_) if raw.get('peer_hf') is not None
                else None),
-      timing=timing, seed=seed, top_k=int(sampling.get('top_k', 0)),
+      timing=timing, seed=seed, confirm_repeats=(
+          _positive_int('confirm.repeats', confirm['repeats']) if confirm['repeats'] else 0),
+      top_k=int(sampling.get('top_k', 0)),
       top_p=float(sampling.get('top_p', 1.0)), config_dir=str(config_dir), raw=dict(raw))
 
 

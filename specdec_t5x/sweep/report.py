@@ -22,9 +22,14 @@ from specdec_t5x.sweep import auto_report, gap, markdown, peer_report, plots
 from specdec_t5x.sweep.config import SweepConfig
 from specdec_t5x.sweep.markdown import fmt
 from specdec_t5x.sweep.projection import projection_markdown, scoring_curve, tpu_projection
-from specdec_t5x.sweep.store import CellStore, current_peer_records, current_records
+from specdec_t5x.sweep.store import (
+    CellStore,
+    current_confirm_records,
+    current_peer_records,
+    current_records,
+)
 
-TABLE2_HEAD = ('Task', 'Mq', 'Temp', 'γ', 'α (β)', 'α (accept.)', 'Speed',
+TABLE2_HEAD = ('Task', 'Mq', 'Temp', 'γ', 'α (β)', 'α (accept.)', 'Speed', 'Speed, measured again',
                'Theory (paper formula)', 'Theory (measured scoring)', 'Measured / theory',
                'Theory per request', 'Measured / theory per request', 'set-up E + D (steps)',
                'tokens (median)', 'c', 'scoring cost γ+1', 'γ* theory', 'Paper row', 'Paper γ',
@@ -72,13 +77,22 @@ def best_cells(config: SweepConfig, records: Sequence[Mapping[str, Any]],
   return best
 
 
-def _table2_row(config: SweepConfig, b: Mapping[str, Any]) -> list[str]:
-  """One row of `TABLE2_HEAD` from a best cell (`best_cells`)."""
+def _measured_again(b: Mapping[str, Any], confirms: Sequence[Mapping[str, Any]]) -> str:
+  """The speeds of the confirm section's repeats of best cell `b`, or '—'."""
+  same = ('task', 'draft', 'temperature', 'batch', 'gamma')
+  again = [r['speedup'] for r in confirms if all(r[k] == b[k] for k in same)]
+  return ', '.join(fmt(v, 2, 'x') for v in again) or '—'
+
+
+def _table2_row(config: SweepConfig, b: Mapping[str, Any],
+                confirms: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+  """One row of `TABLE2_HEAD` from a best cell (`best_cells`) and its confirm records."""
   task, draft = config.tasks[b['task']], config.drafts[b['draft']]
   row = paper.paper_table2_row(task.paper_task, draft.paper_name, b['temperature'])
   ours = [
       task.label, _draft_label(config, b), f"{b['temperature']:g}", str(b['gamma']),
       fmt(b['alpha_beta']), fmt(b['alpha_acceptance']), fmt(b['speedup'], 2, 'x'),
+      _measured_again(b, confirms),
       fmt(b['theory_paper'], 2, 'x'), fmt(b['theory_measured'], 2, 'x'),
       fmt(b['measured_over_theory_measured']), *_request_columns(b),
       fmt(b['c'], 3), fmt(b['scoring_cost']), f"{b['theory_best_gamma']}"]
@@ -100,11 +114,12 @@ def _request_columns(b: Mapping[str, Any]) -> list[str]:
           f'{tokens:.0f}']
 
 
-def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -> str:
+def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]],
+                    confirms: Sequence[Mapping[str, Any]] = ()) -> str:
   """The paper's Table 2 columns for our model drafts, with theory and the paper's numbers."""
   best = [b for b in best_cells(config, records)
           if config.drafts[b['draft']].kind == 'model' and b['batch'] == 1]
-  rows = [_table2_row(config, b) for b in best]
+  rows = [_table2_row(config, b, confirms) for b in best]
   target = records[0] if records else {}
   target_params = target.get('target_params')
   mismatched = sum(r['greedy_mismatched_rows'] or 0 for r in records
@@ -118,7 +133,10 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       'paper reports. **Speed** is the median over paired runs of speculative tokens/s over '
       'autoregressive tokens/s, both jitted, on the same inputs and interleaved input by input, '
       'after compilation and warm-up, in passes over the inputs until there are '
-      f'{config.timing.min_samples} pairs (`timing.min_samples`). **α (β)** is the mean of '
+      f'{config.timing.min_samples} pairs (`timing.min_samples`). **Speed, measured again**: '
+      'the same cell measured anew after the grid, once per `confirm.repeats` (`--sections '
+      'confirm`); the fastest of several noisy γ reads high, and these do not. **α (β)** is '
+      'the mean of '
       'β = Σ min(p, q) over the verified positions (the paper\'s definition); **α '
       '(accept.)** inverts E[tokens per iteration] from the acceptance counts '
       '(`theory.alpha_from_acceptance`). **c** is one '
@@ -148,7 +166,7 @@ def table2_markdown(config: SweepConfig, records: Sequence[Mapping[str, Any]]) -
       'the autoregressive ones (over all γ).',
       markdown_table(TABLE2_HEAD, rows),
       markdown.machine_line(records),
-      'Made by:\n\n' + markdown.commands(records),
+      'Made by:\n\n' + markdown.commands([*records, *confirms]),
   ]
   return '\n\n'.join(p for p in description if p) + '\n'
 
@@ -286,7 +304,8 @@ def _paper_figures() -> dict[str, Any]:
 
 
 def _summary(config: SweepConfig, store: CellStore, records: list[dict[str, Any]],
-             peers: list[dict[str, Any]], projection: list[dict[str, Any]],
+             peers: list[dict[str, Any]], confirms: list[dict[str, Any]],
+             projection: list[dict[str, Any]],
              skipped: Mapping[str, str] | None) -> dict[str, Any]:
   """results/sweep.json: the config, every current record, the best cells, the projection."""
   all_records, damaged = store.read()
@@ -301,7 +320,9 @@ def _summary(config: SweepConfig, store: CellStore, records: list[dict[str, Any]
       'auto': auto_report.comparisons(records),
       'peer_hf': peers, 'projection_tpu': projection,
       'skipped': dict(skipped or {}),
-      'store_records_not_current': len(all_records) - len(records) - len(peers),
+      'confirm': confirms,
+      'store_records_not_current': (len(all_records) - len(records) - len(peers)
+                                    - len(confirms)),
       'store_damaged_lines': damaged,
       'paper': _paper_figures(),
   }
@@ -317,6 +338,7 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
   output_dir.mkdir(parents=True, exist_ok=True)
   records = current_records(config, store)
   peers = current_peer_records(config, store)
+  confirms = current_confirm_records(config, store)
   # A paper-scale benchmark written beside this report (scripts/bench_paper_scale.py)
   # supplies the scoring curve of a real T5 1.1 size instead of this sweep's.
   fixed, _ = auto_report.split(records)  # the theory's figures come from fixed-γ cells
@@ -331,7 +353,7 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
   # Everything but the auto section and the throughput table reads the fixed-γ cells.
   grid, _ = auto_report.split([r for r in records if r['section'] == 'grid'])
   if grid:
-    write('table2.md', '\n'.join([table2_markdown(config, grid),
+    write('table2.md', '\n'.join([table2_markdown(config, grid, confirms),
                                    draft_kinds_markdown(config, grid) + '\n',
                                    *(goal_gap_markdown(config, grid, goal) + '\n'
                                      for goal in GAP_GOALS),
@@ -347,6 +369,6 @@ def write_report(config: SweepConfig, store: CellStore, output_dir: str | os.Pat
   if peers:
     write('peer_hf.md', peer_report.peer_markdown(config, peers))
   write('projection_tpu.md', projection_markdown(projection, fixed))
-  summary = _summary(config, store, records, peers, projection, skipped)
+  summary = _summary(config, store, records, peers, confirms, projection, skipped)
   write('sweep.json', json.dumps(summary, indent=1, sort_keys=True, allow_nan=True) + '\n')
   return written

@@ -97,8 +97,9 @@ def run_sweep(config: SweepConfig, store: CellStore, *, sections: Sequence[str] 
   Args:
     config: the sweep.
     store: where finished cells go (and are looked up, for resuming).
-    sections: which of 'grid', 'throughput', 'peer_hf' to run; the peer runs
-      last, as its γ is the grid's best.
+    sections: which of 'grid', 'throughput', 'peer_hf', 'confirm' to run;
+      confirm (each group's fastest grid cell again) and the peer run last, as
+      both take the grid's best γ.
     patterns: only cells whose key matches one of these `fnmatch` patterns.
     max_new: stop after this many newly measured cells (time-boxing a run).
     command: recorded with each record.
@@ -114,11 +115,16 @@ def run_sweep(config: SweepConfig, store: CellStore, *, sections: Sequence[str] 
   if unknown:
     raise ValueError(f'unknown sections {unknown}; known: {list(SECTIONS)}')
   context = context or SweepContext(config)
-  items = plan(config, store, [s for s in sections if s != 'peer_hf'], patterns)
+  items = plan(config, store, [s for s in sections if s in ('grid', 'throughput')], patterns)
   todo = [item for item in items if item.status != 'done']
   summary = RunSummary(measured=[], skipped={}, already_done=len(items) - len(todo))
   budget = math.inf if max_new is None else max_new
   _run_cells(todo, context, store, summary, budget, command, progress, on_record)
+  if 'confirm' in sections and config.confirm_repeats:
+    # Planned only now: each group's fastest grid cell, as measured so far.
+    again = [item for item in plan(config, store, ('confirm',), patterns)
+             if item.status != 'done']
+    _run_cells(again, context, store, summary, budget, command, progress, on_record)
   if 'peer_hf' in sections and config.peer_hf is not None:
     # Planned only now: the peer's γ is the best of the grid cells just measured.
     peers = [item for item in plan(config, store, ('peer_hf',), patterns)

@@ -102,13 +102,31 @@ def best_gamma(records: Iterable[Mapping[str, Any]], task: str, draft: str,
   return max(matching, key=lambda r: r['speedup'])['gamma'] if matching else None
 
 
+def confirm_cells(config: SweepConfig, grid_records: Iterable[Mapping[str, Any]]) -> list[Cell]:
+  """The confirm section: each (task, draft, temperature, batch) group's fastest fixed-γ grid
+  cell, `config.confirm_repeats` times (none before the group has grid records)."""
+  fastest: dict[tuple, Mapping[str, Any]] = {}
+  for r in grid_records:
+    group = (r['task'], r['draft'], r['temperature'], r['batch'])
+    if r['section'] == 'grid' and isinstance(r['gamma'], int) and (
+        group not in fastest or r['speedup'] > fastest[group]['speedup']):
+      fastest[group] = r
+  return [Cell('confirm', task, draft, temperature, top['gamma'], batch, top['num_inputs'],
+               repeat=repeat)
+          for (task, draft, temperature, batch), top in fastest.items()
+          for repeat in range(1, config.confirm_repeats + 1)]
+
+
 def plan(config: SweepConfig, store: CellStore, sections: Sequence[str] = SECTIONS,
          patterns: Sequence[str] | None = None) -> list[PlanItem]:
   """Every cell of the chosen sections with its status against the store."""
   current = store.current()
   stored_keys = {key for key, _ in current}
   items = []
-  for cell in filter_cells(enumerate_cells(config, sections), patterns):
+  cells = enumerate_cells(config, sections)
+  if 'confirm' in sections:  # planned from the grid cells stored so far
+    cells += confirm_cells(config, current_records(config, store))
+  for cell in filter_cells(cells, patterns):
     fingerprint = cell_fingerprint(config, cell)
     status = ('done' if (cell.key, fingerprint) in current
               else 'stale' if cell.key in stored_keys else 'todo')
@@ -142,6 +160,14 @@ def current_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any
     if record is not None:
       records.append(record)
   return records
+
+
+def current_confirm_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
+  """The stored confirm records of the grid's current fastest cells."""
+  current = store.current()
+  cells = confirm_cells(config, current_records(config, store))
+  return [current[(c.key, fp)] for c in cells
+          if (c.key, fp := cell_fingerprint(config, c)) in current]
 
 
 def current_peer_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
