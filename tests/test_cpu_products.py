@@ -117,8 +117,10 @@ def test_first_argmax_of_infinities_nan_and_under_vmap():
   batched = np.random.default_rng(0).normal(size=(3, 2, 70)).astype(np.float32)
   np.testing.assert_array_equal(jax.vmap(cpu_products.first_argmax)(batched),
                                 np.argmax(batched, axis=-1))
-  with pytest.raises(ValueError, match='float32 x'):
+  with pytest.raises(ValueError, match='first_argmax takes float32 x'):
     cpu_products.first_argmax(jnp.ones((2, 3), jnp.bfloat16))
+  with pytest.raises(ValueError, match=r'row_max takes float32 x \[\.\.\., V\] with V >= 1'):
+    cpu_products.row_max(jnp.ones((2, 0), jnp.float32))
 
 
 def test_gradients_are_those_of_the_plain_product():

@@ -175,10 +175,10 @@ def head_product(x: Array, w: Array) -> Array:
   return product(x.reshape(b * h, m, k), w.reshape(b * h, k, n)).reshape(b, h, m, n)
 
 
-def _row_reduction(target_name: str, x: Array, dtype: jnp.dtype) -> Array:
+def _row_reduction(name: str, target_name: str, x: Array, dtype: jnp.dtype) -> Array:
   if x.dtype != jnp.float32 or x.ndim < 1 or x.shape[-1] < 1:
-    raise ValueError(f'cpu_products.{target_name.removeprefix("specdec_")} takes float32 '
-                     f'x [..., V] with V >= 1, got {x.dtype} {x.shape}')
+    raise ValueError(f'cpu_products.{name} takes float32 x [..., V] with V >= 1, got '
+                     f'{x.dtype} {x.shape}')
   call = jax.ffi.ffi_call(target_name, jax.ShapeDtypeStruct(x.shape[:-1], dtype),
                           vmap_method='broadcast_all')
   return call(jax.lax.stop_gradient(x))
@@ -191,7 +191,7 @@ def first_argmax(x: Array) -> Array:
   gives its first NaN); no derivative (the index is piecewise constant). Call
   `available()` first.
   """
-  return _row_reduction(ARGMAX_TARGET_NAME, x, jnp.int32)
+  return _row_reduction('first_argmax', ARGMAX_TARGET_NAME, x, jnp.int32)
 
 
 def row_max(x: Array) -> Array:
@@ -200,4 +200,4 @@ def row_max(x: Array) -> Array:
   One vectorised pass over each row; no derivative (a softmax subtracts it
   under `stop_gradient`). Call `available()` first.
   """
-  return _row_reduction(MAX_TARGET_NAME, x, jnp.float32)
+  return _row_reduction('row_max', MAX_TARGET_NAME, x, jnp.float32)
