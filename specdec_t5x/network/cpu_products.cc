@@ -235,7 +235,6 @@ ffi::Error RowProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
-
 // The first index of each row's maximum, x [R, V] -> int32 [R]: greedy decoding's choice
 // (sampling.first_argmax). XLA:CPU reduces a row of logits at ~1.5 G elements/s (a [3, 8192]
 // argmax costs ~25 us, 2% of a verification call); this reads each row once, 64 floats at a

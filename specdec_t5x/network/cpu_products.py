@@ -52,6 +52,10 @@ BF16_TARGET_NAME = 'specdec_row_product_bf16'
 S8_TARGET_NAME = 'specdec_row_product_s8'
 ARGMAX_TARGET_NAME = 'specdec_row_argmax'
 MAX_TARGET_NAME = 'specdec_row_max'
+# The library's handler symbol (cpu_products.cc) for each FFI target.
+_SYMBOLS = {TARGET_NAME: 'SpecdecRowProduct', BF16_TARGET_NAME: 'SpecdecRowProductBf16',
+            S8_TARGET_NAME: 'SpecdecRowProductS8', ARGMAX_TARGET_NAME: 'SpecdecRowArgmax',
+            MAX_TARGET_NAME: 'SpecdecRowMax'}
 # Weights from this size on are streamed by two threads (the logits layer; a
 # cpu_target layer of 0.8 MB is faster on one: the hand-off costs ~10 us).
 SPLIT_BYTES = 2 << 20
@@ -110,16 +114,9 @@ def available() -> bool:
   """Whether the custom call is built and registered for the CPU (warns once if not)."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowProduct),
-                                platform='cpu')
-    jax.ffi.register_ffi_target(BF16_TARGET_NAME,
-                                jax.ffi.pycapsule(library.SpecdecRowProductBf16), platform='cpu')
-    jax.ffi.register_ffi_target(S8_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowProductS8),
-                                platform='cpu')
-    jax.ffi.register_ffi_target(ARGMAX_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowArgmax),
-                                platform='cpu')
-    jax.ffi.register_ffi_target(MAX_TARGET_NAME, jax.ffi.pycapsule(library.SpecdecRowMax),
-                                platform='cpu')
+    for target_name, symbol in _SYMBOLS.items():
+      jax.ffi.register_ffi_target(target_name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform='cpu')
   except (RuntimeError, OSError, subprocess.SubprocessError) as e:
     warnings.warn(f'specdec_t5x.network.cpu_products is unavailable, so decode calls on CPU '
                   f'use XLA\'s own products (slower for a few rows): {e}', RuntimeWarning,

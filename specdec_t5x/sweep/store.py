@@ -104,17 +104,17 @@ def best_gamma(records: Iterable[Mapping[str, Any]], task: str, draft: str,
 
 def confirm_cells(config: SweepConfig, grid_records: Iterable[Mapping[str, Any]]) -> list[Cell]:
   """The confirm section: each (task, draft, temperature, batch) group's fastest fixed-γ grid
-  cell, `config.confirm_repeats` times (none before the group has grid records)."""
-  fastest: dict[tuple, Mapping[str, Any]] = {}
-  for r in grid_records:
-    group = (r['task'], r['draft'], r['temperature'], r['batch'])
-    if r['section'] == 'grid' and isinstance(r['gamma'], int) and (
-        group not in fastest or r['speedup'] > fastest[group]['speedup']):
-      fastest[group] = r
-  return [Cell('confirm', task, draft, temperature, top['gamma'], batch, top['num_inputs'],
-               repeat=repeat)
-          for (task, draft, temperature, batch), top in fastest.items()
-          for repeat in range(1, config.confirm_repeats + 1)]
+  cell (`best_gamma`), `config.confirm_repeats` times (none before the group has grid records)."""
+  records = list(grid_records)
+  groups = {(r['task'], r['draft'], r['temperature'], r['batch']): r['num_inputs']
+            for r in records if r['section'] == 'grid'}
+  cells = []
+  for (task, draft, temperature, batch), num_inputs in groups.items():
+    gamma = best_gamma(records, task, draft, temperature, batch)
+    if gamma is not None:  # None: the group has only gamma='auto' cells
+      cells += [Cell('confirm', task, draft, temperature, gamma, batch, num_inputs, repeat=r)
+                for r in range(1, config.confirm_repeats + 1)]
+  return cells
 
 
 def plan(config: SweepConfig, store: CellStore, sections: Sequence[str] = SECTIONS,
@@ -165,9 +165,12 @@ def current_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any
 def current_confirm_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
   """The stored confirm records of the grid's current fastest cells."""
   current = store.current()
-  cells = confirm_cells(config, current_records(config, store))
-  return [current[(c.key, fp)] for c in cells
-          if (c.key, fp := cell_fingerprint(config, c)) in current]
+  found = []
+  for item in plan(config, store, sections=('confirm',)):
+    record = current.get((item.key, item.fingerprint))
+    if record is not None:
+      found.append(record)
+  return found
 
 
 def current_peer_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
