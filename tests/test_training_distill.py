@@ -6,6 +6,7 @@ the family configuration's checks of a distilled entry.
 """
 
 import copy
+import functools
 import json
 
 import jax
@@ -200,3 +201,29 @@ def test_a_run_on_references_records_the_settings_it_always_did():
   assert 'data' not in distill.DistillSettings('fkl').recorded()
   greedy = distill.DistillSettings('fkl', data='target_greedy')
   assert greedy.recorded()['data'] == 'target_greedy'
+
+
+@pytest.mark.parametrize('via_embedding', [False, True])
+def test_cached_teacher_hidden_states_give_the_forward_passs_logits(via_embedding):
+  config = TEACHER.replace(logits_via_embedding=via_embedding)
+  params = training.init_params(config, seed=3)
+  batch = copy_task_batch(5)
+  hidden = distill.teacher_hidden(config, params, batch)
+  assert hidden.shape == batch['decoder_target_tokens'].shape + (config.emb_dim,)
+  forward = distill.logits_of_teacher(config, params, batch)
+  cached = distill.logits_of_teacher(config, params, {**batch, distill.TEACHER_HIDDEN: hidden})
+  np.testing.assert_allclose(cached, forward, atol=1e-5, rtol=1e-5)
+  assert np.max(np.abs(np.asarray(forward))) > 0.1  # not a vacuous comparison
+
+
+def test_a_distillation_on_cached_hidden_states_is_the_same_run(setup, tmp_path):
+  teacher, _ = setup
+  batches = [copy_task_batch(200 + i) for i in range(3)]
+  with_hidden = [{**b, distill.TEACHER_HIDDEN: distill.teacher_hidden(TEACHER, teacher.params, b)}
+                 for b in batches]
+  factory = lambda source: lambda first: iter(source[(first + i) % 3] for i in range(10**6))
+  plain = _distill(setup, tmp_path / 'plain', 6, factory(batches))
+  cached = _distill(setup, tmp_path / 'cached', 6, factory(with_hidden))
+  np.testing.assert_allclose(cached.final_loss, plain.final_loss, rtol=1e-4)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-4),
+               load_t5x_params(cached.checkpoint_dir), load_t5x_params(plain.checkpoint_dir))

@@ -132,3 +132,28 @@ def test_the_cache_resumes_and_rebuilds_for_another_teacher(teacher, tmp_path, m
   other = distill.Teacher(CONFIG, teacher.params, pathlib.Path('/elsewhere/checkpoint_2'))
   generated.cached_generated_batches(tmp_path, other, make_batches, 10, 5, progress=False)
   assert calls == [2, 2, 2, 1]
+
+
+def test_cached_teacher_hidden_states_ride_with_their_batches(teacher, tmp_path, monkeypatch):
+  monkeypatch.setattr(generated, 'CHUNK_BATCHES', 2)
+  make_batches = lambda start: (packed_batch(i) for i in range(start, 100))
+  factory = generated.cached_generated_batches(tmp_path, teacher, make_batches, 10, 3,
+                                               progress=False, teacher_hidden=True)
+  batches = list(factory(1))
+  assert len(batches) == 2 and len(list(tmp_path.glob('hidden_*.npy'))) == 2
+  for batch in batches:
+    hidden = batch.pop(distill.TEACHER_HIDDEN)
+    np.testing.assert_array_equal(hidden, distill.teacher_hidden(CONFIG, teacher.params, batch))
+  seconds = generated.generation_seconds(tmp_path)
+  assert seconds > sum(float(p.read_text()) for p in tmp_path.glob('chunk_*.seconds'))
+  # A killed run: only the missing chunk's hidden states are computed again.
+  (tmp_path / 'hidden_00001.npy').unlink()
+  calls = []
+  original = distill.teacher_hidden
+  monkeypatch.setattr(distill, 'teacher_hidden', lambda *a: calls.append(1) or original(*a))
+  again = generated.cached_generated_batches(tmp_path, teacher, make_batches, 10, 3,
+                                             progress=False, teacher_hidden=True)
+  assert len(calls) == 1 and len(list(again(0))) == 3
+  plain = generated.cached_generated_batches(tmp_path, teacher, make_batches, 10, 3,
+                                             progress=False)
+  assert all(distill.TEACHER_HIDDEN not in batch for batch in plain(0))

@@ -11,7 +11,10 @@ arXiv:2310.08461). What is done here, in DistillSpec's terms:
   draft was not trained on, teacher-forced either on their references or on
   the target's own greedy outputs for their inputs (`training.generated`,
   the prefixes greedy speculative decoding meets); one target forward pass
-  per step gives the teacher's logits (the target is frozen);
+  per step gives the teacher's logits (the target is frozen), or, for cached
+  target-written batches, only its logits layer applied to the hidden states
+  cached with them (`TEACHER_HIDDEN`: a draft reading them six times pays for
+  the target's forward pass once);
 * divergence (`DIVERGENCES`): 'fkl' KL(p‖q), 'rkl' KL(q‖p), 'tvd' TVD(p, q)
   (1 − β: what sampled decoding accepts), or 'argmax' the cross-entropy
   of the target's greedy token (what T = 0 accepts); at `temperature` τ both
@@ -42,7 +45,7 @@ import optax
 
 from specdec_t5x import paths
 from specdec_t5x.checkpoints import step_dir
-from specdec_t5x.network import T5Config, Transformer
+from specdec_t5x.network import DenseGeneral, T5Config, Transformer
 from specdec_t5x.training import loop, models
 from specdec_t5x.training.loop import Batch, BatchFactory
 
@@ -51,6 +54,9 @@ DIVERGENCES = ('fkl', 'rkl', 'tvd', 'argmax')
 # 'references': teacher forcing on the training targets; 'target_greedy': on the
 # target's own greedy outputs for the training inputs (`training.generated`).
 DATA_SOURCES = ('references', 'target_greedy')
+# A batch may carry the teacher's decoder output under this key, `[R, S, emb_dim]` (the input of
+# its logits layer, `teacher_hidden`); its logits are then one product, not a forward pass.
+TEACHER_HIDDEN = 'teacher_hidden'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,32 @@ def _logits(config: T5Config, params: PyTree, batch: Batch, **kwargs: Any) -> ja
   return Transformer(config).apply({'params': params}, **models.model_inputs(batch), **kwargs)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def teacher_hidden(config: T5Config, params: PyTree, batch: Batch) -> jax.Array:
+  """The decoder output `[R, S, emb_dim]` (after its final norm) that the logits layer reads."""
+  _, state = Transformer(config).apply(
+      {'params': params}, **models.model_inputs(batch), enable_dropout=False,
+      capture_intermediates=lambda module, method: module.name == 'decoder_norm',
+      mutable=['intermediates'])
+  return state['intermediates']['decoder']['decoder_norm']['__call__'][0]
+
+
+def logits_from_hidden(config: T5Config, params: PyTree, hidden: jax.Array) -> jax.Array:
+  """The logits `[R, S, vocab]` of `teacher_hidden`'s output: the model's logits layer alone."""
+  if config.logits_via_embedding:
+    embedding = params['token_embedder']['embedding']
+    return jnp.dot(hidden, embedding.T) / jnp.sqrt(jnp.float32(hidden.shape[-1]))
+  layer = DenseGeneral(config.vocab_size, dtype=jnp.float32, kernel_axes=('embed', 'vocab'))
+  return layer.apply({'params': params['decoder']['logits_dense']}, hidden)
+
+
+def logits_of_teacher(config: T5Config, params: PyTree, batch: Batch) -> jax.Array:
+  """The frozen teacher's logits `[R, S, vocab]` for `batch`, from `TEACHER_HIDDEN` if it has it."""
+  if TEACHER_HIDDEN in batch:
+    return logits_from_hidden(config, params, batch[TEACHER_HIDDEN])
+  return _logits(config, params, batch, enable_dropout=False)
+
+
 def _loss_fn(student: T5Config, hparams: models.TrainHParams, settings: DistillSettings,
              params: PyTree, teacher_logits: jax.Array, batch: Batch,
              dropout_rng: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -119,7 +151,7 @@ def _distill_step(student: T5Config, teacher: T5Config, hparams: models.TrainHPa
                   settings: DistillSettings, state: models.TrainState, teacher_params: PyTree,
                   batch: Batch, dropout_key: jax.Array
                   ) -> tuple[models.TrainState, dict[str, jax.Array]]:
-  teacher_logits = _logits(teacher, teacher_params, batch, enable_dropout=False)
+  teacher_logits = logits_of_teacher(teacher, teacher_params, batch)
   dropout_rng = jax.random.fold_in(dropout_key, state.step)
   grad_fn = jax.value_and_grad(functools.partial(_loss_fn, student, hparams, settings),
                                has_aux=True)
@@ -255,5 +287,6 @@ def agreement(student: T5Config, student_params: PyTree, teacher: T5Config,
   return {'argmax_agreement': same / tokens, 'beta': beta / tokens, 'tokens': tokens}
 
 
-__all__ = ['DIVERGENCES', 'DATA_SOURCES', 'DistillSettings', 'Teacher', 'Start', 'token_divergence',
+__all__ = ['DIVERGENCES', 'DATA_SOURCES', 'TEACHER_HIDDEN', 'DistillSettings', 'Teacher', 'Start',
+           'token_divergence', 'teacher_hidden', 'logits_from_hidden', 'logits_of_teacher',
            'distill_trainee', 'distill', 'agreement']

@@ -89,7 +89,8 @@ def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[st
   `start['num_steps']` that the draft was trained on, with the family's optimizer settings;
   for `settings.data == 'target_greedy'`, those of `family.generated_range` (or the first ones
   after the draft's own if those are fewer) with the teacher's greedy outputs as targets,
-  decoded once into the cache.
+  decoded once into the cache with the teacher's hidden states (its logits are then one
+  product a step).
   """
   first, distinct = start['num_steps'], num_steps // passes
   make_batches = family_lib.make_batch_factory(family_name, family, progress=progress)
@@ -99,7 +100,7 @@ def distill_draft(family_name: str, family: Mapping[str, Any], start: Mapping[st
       data_first, count = first, distinct
     data = generated.cached_generated_batches(
         generated_dir(family_name, data_first, count), teacher, make_batches, data_first, count,
-        progress=progress)
+        progress=progress, teacher_hidden=True)
   else:
     data = lambda i: make_batches(first + i)
   start_run = distill.Start(family_lib.model_dir(family_name, start['name']), first)

@@ -13,7 +13,12 @@ seqio's `EncDecFeatureConverter` layout. Only training inputs are ever decoded.
 
 Decoding the inputs costs a fraction of the distillation it feeds (one batched
 greedy decode per input, shared by every draft distilled on it); the batches
-are cached under a directory in chunks, so a killed run resumes.
+are cached under a directory in chunks, so a killed run resumes. With them
+can be cached the teacher's decoder output for each batch
+(`distill.TEACHER_HIDDEN`, ~1 MB a default-family batch): a distillation step
+then applies only the teacher's logits layer, so the drafts' passes over the
+batches (the small draft reads them six times) pay the target's forward pass
+once per batch instead of once per step.
 
 Shapes: `R` rows of a packed batch, `S` the decoder feature length.
 """
@@ -147,12 +152,15 @@ def _chunk_path(directory: pathlib.Path, chunk: int) -> pathlib.Path:
 
 def cached_generated_batches(directory: str | pathlib.Path, teacher: distill.Teacher,
                              make_batches: BatchFactory, first: int, num_batches: int, *,
-                             progress: bool = True, eos_id: int = 1) -> BatchFactory:
+                             progress: bool = True, eos_id: int = 1,
+                             teacher_hidden: bool = False) -> BatchFactory:
   """`generated_batches` of the training batches `first .. first + num_batches - 1`, cached.
 
   Built chunk by chunk of `CHUNK_BATCHES` under `directory` (a run killed
   midway keeps its finished chunks); `spec.json` names the teacher and the
-  batches, and a directory built for others is rebuilt.
+  batches, and a directory built for others is rebuilt. With `teacher_hidden`,
+  each batch also carries `distill.TEACHER_HIDDEN`, computed once per chunk
+  and cached beside it (`hidden_<chunk>.npz`).
 
   Returns:
     `make_batches(start)`: the generated batches `start, start + 1, ...` (0 is
@@ -177,12 +185,41 @@ def cached_generated_batches(directory: str | pathlib.Path, teacher: distill.Tea
     sources = list(itertools.islice(make_batches(first + start), count))
     _save_chunk(directory, chunk, generated_batches(teacher, sources, eos_id=eos_id),
                 time.perf_counter() - started)
-  return _chunk_reader(directory, num_batches)
+  if teacher_hidden:
+    _cache_teacher_hidden(directory, teacher, num_chunks, progress)
+  return _chunk_reader(directory, num_batches, teacher_hidden)
+
+
+def _hidden_path(directory: pathlib.Path, chunk: int) -> pathlib.Path:
+  return directory / f'hidden_{chunk:05d}.npy'
+
+
+def _cache_teacher_hidden(directory: pathlib.Path, teacher: distill.Teacher, num_chunks: int,
+                          progress: bool) -> None:
+  """Writes the teacher's hidden states `[batches, R, S, emb_dim]` of each chunk lacking them."""
+  todo = [c for c in range(num_chunks) if not _hidden_path(directory, c).is_file()]
+  for chunk in tqdm.tqdm(todo, desc='teacher hidden states', unit='chunk',
+                         disable=not progress or not todo):
+    started = time.perf_counter()
+    with np.load(_chunk_path(directory, chunk)) as arrays:
+      stacked = {name: arrays[name] for name in arrays.files}
+    hidden = np.stack([np.asarray(distill.teacher_hidden(
+        teacher.config, teacher.params, {name: values[i] for name, values in stacked.items()}))
+        for i in range(len(stacked['decoder_target_tokens']))])
+    partial = directory / f'hidden_{chunk:05d}.partial.npy'
+    np.save(partial, hidden)
+    _hidden_path(directory, chunk).with_suffix('.seconds').write_text(
+        f'{time.perf_counter() - started:.3f}\n')
+    partial.rename(_hidden_path(directory, chunk))
 
 
 def generation_seconds(directory: str | pathlib.Path) -> float:
-  """The seconds `cached_generated_batches` spent decoding the chunks now in `directory`."""
-  return sum(float(path.read_text()) for path in pathlib.Path(directory).glob('chunk_*.seconds'))
+  """The seconds `cached_generated_batches` spent on the chunks now in `directory`.
+
+  Decoding them, and computing their teacher hidden states where cached.
+  """
+  return sum(float(path.read_text()) for pattern in ('chunk_*.seconds', 'hidden_*.seconds')
+             for path in pathlib.Path(directory).glob(pattern))
 
 
 def _save_chunk(directory: pathlib.Path, chunk: int, batches: Sequence[Batch],
@@ -194,11 +231,14 @@ def _save_chunk(directory: pathlib.Path, chunk: int, batches: Sequence[Batch],
   partial.rename(_chunk_path(directory, chunk))
 
 
-def _chunk_reader(directory: pathlib.Path, num_batches: int) -> BatchFactory:
+def _chunk_reader(directory: pathlib.Path, num_batches: int,
+                  teacher_hidden: bool = False) -> BatchFactory:
   def make_batches(start: int) -> Iterator[dict[str, Any]]:
     for chunk in range(start // CHUNK_BATCHES, -(-num_batches // CHUNK_BATCHES)):
       with np.load(_chunk_path(directory, chunk)) as arrays:
         stacked = {name: arrays[name] for name in arrays.files}
+      if teacher_hidden:
+        stacked[distill.TEACHER_HIDDEN] = np.load(_hidden_path(directory, chunk))
       for offset in range(len(stacked['decoder_target_tokens'])):
         if chunk * CHUNK_BATCHES + offset >= start:
           yield {name: values[offset] for name, values in stacked.items()}
