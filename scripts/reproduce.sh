@@ -11,11 +11,11 @@
 #   2. data     scripts/build_data.py: Debian's DDTP Translation-en/-de lists -> TFDS + vocabulary
 #               in $SPECDEC_CACHE_DIR (default ~/.cache/specdec_t5x). Fetching the lists uses apt
 #               and needs root; without root, pass --translations-dir with fetched lists;
-#   3. train    scripts/train_family.py --family F (about 115 min on 2 idle cores of an AMD EPYC
-#               for `default` with one distillation pass, 157 min on an Intel Xeon with the small
-#               draft's four (configs/family_notes.md): the target, three drafts, the target's
-#               greedy outputs for 800 training batches, and the three drafts distilled towards
-#               the target on them; a couple of minutes
+#   3. train    scripts/train_family.py --family F (89 min on 2 idle cores of an AMD EPYC (Zen 5)
+#               for `default`, 2026-12-08; about 140 on the Intel Xeon host (configs/family_notes.md):
+#               the target, three drafts, the target's greedy outputs for 800 training batches and
+#               its hidden states, and the three drafts distilled towards the target on them;
+#               a couple of minutes
 #               for `miniature`; resumable, cached); for `default` then
 #               scripts/compare_distillation.py twice (results/distill_compare_{large,small}.*,
 #               about 8 min: which loss, and which data, the distilled drafts use);
