@@ -162,25 +162,21 @@ def current_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any
   return records
 
 
+def _planned_records(config: SweepConfig, store: CellStore, section: str) -> list[dict[str, Any]]:
+  """The stored records of the items the plan of `section` holds now (by key and fingerprint)."""
+  current = store.current()
+  records = (current.get((item.key, item.fingerprint))
+             for item in plan(config, store, sections=(section,)))
+  return [record for record in records if record is not None]
+
+
 def current_confirm_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
   """The stored confirm records of the grid's current fastest cells."""
-  current = store.current()
-  found = []
-  for item in plan(config, store, sections=('confirm',)):
-    record = current.get((item.key, item.fingerprint))
-    if record is not None:
-      found.append(record)
-  return found
+  return _planned_records(config, store, 'confirm')
 
 
 def current_peer_records(config: SweepConfig, store: CellStore) -> list[dict[str, Any]]:
   """The stored peer records that match the config (any γ the plan would choose now)."""
   if config.peer_hf is None:
     return []
-  current = store.current()
-  found = []
-  for item in plan(config, store, sections=('peer_hf',)):
-    record = current.get((item.key, item.fingerprint))
-    if record is not None:
-      found.append(record)
-  return found
+  return _planned_records(config, store, 'peer_hf')
