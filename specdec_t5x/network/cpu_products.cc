@@ -8,8 +8,9 @@
 // matrix-matrix kernel that costs up to 2x as much (it packs w first). Here w
 // is streamed once, a block of columns at a time: each loaded vector of w is
 // multiplied by every row of x, into accumulators that stay in registers for
-// the whole sum, so a call of a few rows costs about what one row does: the
-// weights' memory traffic, not the arithmetic, sets the time.
+// the whole sum (for a wide w, a slab of its rows; one or two rows of a wide w
+// go through panels of y instead: see Rows), so a call of a few rows costs about
+// what one row does: the weights' memory traffic, not the arithmetic, sets the time.
 //
 // w may also be bfloat16 (`SpecdecRowProductBf16`): each weight is widened to the float
 // whose upper half it is, exactly, so the products and sums are float32 as above, and a
@@ -116,7 +117,8 @@ constexpr int64_t kBlockRowBytes = 4096;
 constexpr int64_t kSlabRows = 64;
 // Columns per panel (Panel).
 constexpr int64_t kPanel = 512;
-// How many rows of w ahead a block asks for its columns (a block reads a few lines a row).
+// How many rows of w ahead a block asks for its columns (a block reads a few lines a row;
+// a prefetch past the end of w is only a hint, and never faults).
 constexpr int64_t kPrefetchRows = 8;
 
 // Vectors of 16 columns per block for M rows: as many accumulators as the registers hold.

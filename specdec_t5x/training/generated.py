@@ -160,7 +160,7 @@ def cached_generated_batches(directory: str | pathlib.Path, teacher: distill.Tea
   midway keeps its finished chunks); `spec.json` names the teacher and the
   batches, and a directory built for others is rebuilt. With `teacher_hidden`,
   each batch also carries `distill.TEACHER_HIDDEN`, computed once per chunk
-  and cached beside it (`hidden_<chunk>.npz`).
+  and cached beside it (`hidden_<chunk>.npy`).
 
   Returns:
     `make_batches(start)`: the generated batches `start, start + 1, ...` (0 is
@@ -201,16 +201,15 @@ def _cache_teacher_hidden(directory: pathlib.Path, teacher: distill.Teacher, num
   for chunk in tqdm.tqdm(todo, desc='teacher hidden states', unit='chunk',
                          disable=not progress or not todo):
     started = time.perf_counter()
-    with np.load(_chunk_path(directory, chunk)) as arrays:
-      stacked = {name: arrays[name] for name in arrays.files}
+    stacked = _load_chunk(directory, chunk)
     hidden = np.stack([np.asarray(distill.teacher_hidden(
         teacher.config, teacher.params, {name: values[i] for name, values in stacked.items()}))
         for i in range(len(stacked['decoder_target_tokens']))])
-    partial = directory / f'hidden_{chunk:05d}.partial.npy'
+    path = _hidden_path(directory, chunk)
+    partial = path.with_suffix('.partial.npy')
     np.save(partial, hidden)
-    _hidden_path(directory, chunk).with_suffix('.seconds').write_text(
-        f'{time.perf_counter() - started:.3f}\n')
-    partial.rename(_hidden_path(directory, chunk))
+    path.with_suffix('.seconds').write_text(f'{time.perf_counter() - started:.3f}\n')
+    partial.rename(path)
 
 
 def generation_seconds(directory: str | pathlib.Path) -> float:
@@ -231,12 +230,17 @@ def _save_chunk(directory: pathlib.Path, chunk: int, batches: Sequence[Batch],
   partial.rename(_chunk_path(directory, chunk))
 
 
+def _load_chunk(directory: pathlib.Path, chunk: int) -> dict[str, np.ndarray]:
+  """A cached chunk's features, each `[batches, R, ...]`."""
+  with np.load(_chunk_path(directory, chunk)) as arrays:
+    return {name: arrays[name] for name in arrays.files}
+
+
 def _chunk_reader(directory: pathlib.Path, num_batches: int,
                   teacher_hidden: bool = False) -> BatchFactory:
   def make_batches(start: int) -> Iterator[dict[str, Any]]:
     for chunk in range(start // CHUNK_BATCHES, -(-num_batches // CHUNK_BATCHES)):
-      with np.load(_chunk_path(directory, chunk)) as arrays:
-        stacked = {name: arrays[name] for name in arrays.files}
+      stacked = _load_chunk(directory, chunk)
       if teacher_hidden:
         stacked[distill.TEACHER_HIDDEN] = np.load(_hidden_path(directory, chunk))
       for offset in range(len(stacked['decoder_target_tokens'])):
